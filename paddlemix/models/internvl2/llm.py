@@ -1,0 +1,364 @@
+"""One decoder-only LLM core for every InternVL2 language model.
+
+Qwen2, Llama/Yi, InternLM2 and Phi-3 are the same network: RMSNorm, rotary
+attention with grouped KV heads, and a SwiGLU MLP. They differ only in
+  * how the checkpoint names and fuses the weights (`CHECKPOINT_LAYOUTS`), and
+  * how RoPE frequencies are scaled (`rope_frequencies`).
+The core always keeps fused `qkv_proj` ([Q|K|V]) and `gate_up_proj` ([gate|up])
+matmuls, which is also the fast layout on every device.
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+
+class RMSNorm(nn.Layer):
+    """x / rms(x) * weight, computed in float32 like the reference models."""
+
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = self.create_parameter([hidden_size], default_initializer=nn.initializer.Constant(1.0))
+
+    def forward(self, x):
+        dtype = x.dtype
+        x32 = x.astype("float32")
+        x32 = x32 * paddle.rsqrt(x32.pow(2).mean(axis=-1, keepdim=True) + self.eps)
+        return self.weight * x32.astype(dtype)
+
+
+# --- checkpoint layouts ------------------------------------------------------
+# Paddle module path (under `language_model.`) -> checkpoint module path(s).
+# A list means the checkpoint stores the parts separately and we concatenate
+# them along the output dimension.
+_LLAMA_LAYOUT = {
+    "embed_tokens": "model.embed_tokens",
+    "norm": "model.norm",
+    "lm_head": "lm_head",
+    "layers": "model.layers",
+    "input_layernorm": "input_layernorm",
+    "post_attention_layernorm": "post_attention_layernorm",
+    "self_attn.qkv_proj": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+    "self_attn.o_proj": "self_attn.o_proj",
+    "mlp.gate_up_proj": ["mlp.gate_proj", "mlp.up_proj"],
+    "mlp.down_proj": "mlp.down_proj",
+}
+CHECKPOINT_LAYOUTS = {
+    "qwen2": _LLAMA_LAYOUT,
+    "llama": _LLAMA_LAYOUT,
+    "phi3": dict(_LLAMA_LAYOUT, **{"self_attn.qkv_proj": "self_attn.qkv_proj", "mlp.gate_up_proj": "mlp.gate_up_proj"}),
+    "internlm2": {
+        "embed_tokens": "model.tok_embeddings",
+        "norm": "model.norm",
+        "lm_head": "output",
+        "layers": "model.layers",
+        "input_layernorm": "attention_norm",
+        "post_attention_layernorm": "ffn_norm",
+        # wqkv is grouped per KV head: [q_1..q_g, k, v] for each group.
+        "self_attn.qkv_proj": "attention.wqkv",
+        "self_attn.o_proj": "attention.wo",
+        "mlp.gate_up_proj": ["feed_forward.w1", "feed_forward.w3"],
+        "mlp.down_proj": "feed_forward.w2",
+    },
+}
+
+
+def checkpoint_names(config, name):
+    """Checkpoint tensor names (without `language_model.`) for a core parameter name."""
+    layout = CHECKPOINT_LAYOUTS[config.family]
+    module, param = name.rsplit(".", 1)
+    if module.startswith("layers."):
+        _, index, inner = module.split(".", 2)
+        parts = layout[inner]
+        prefix = f"{layout['layers']}.{index}."
+    else:
+        parts, prefix = layout[module], ""
+    parts = parts if isinstance(parts, list) else [parts]
+    return [f"{prefix}{part}.{param}" for part in parts]
+
+
+def _grouped_qkv_order(config):
+    """Row permutation taking InternLM2's grouped wqkv rows to [Q|K|V] rows."""
+    kv, groups, dim = config.num_key_value_heads, config.num_attention_heads // config.num_key_value_heads, config.head_dim
+    rows = np.arange(kv * (groups + 2) * dim).reshape(kv, groups + 2, dim)
+    q, k, v = rows[:, :groups], rows[:, groups], rows[:, groups + 1]
+    return np.concatenate([q.reshape(-1), k.reshape(-1), v.reshape(-1)])
+
+
+def fuse_checkpoint_parts(config, name, parts):
+    """Checkpoint arrays ([out, in] layout) -> one core array, still [out, in]."""
+    merged = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    if config.family == "internlm2" and ".self_attn.qkv_proj." in name:
+        merged = merged[_grouped_qkv_order(config)]
+    return merged
+
+
+def split_checkpoint_parts(config, name, merged):
+    """Inverse of `fuse_checkpoint_parts`: one core array ([out, in]) -> checkpoint arrays."""
+    count = len(checkpoint_names(config, name))
+    if config.family == "internlm2" and ".self_attn.qkv_proj." in name:
+        merged = merged[np.argsort(_grouped_qkv_order(config))]
+    if count == 1:
+        return [merged]
+    if ".qkv_proj." in name:
+        q = config.num_attention_heads * config.head_dim
+        kv = config.num_key_value_heads * config.head_dim
+        return np.split(merged, [q, q + kv], axis=0)
+    return np.split(merged, count, axis=0)
+
+
+# --- rotary embeddings ---------------------------------------------------------
+def rope_frequencies(config, base=None, long_context=False):
+    """Inverse frequencies and attention scaling.
+
+    This is the family/scaling table: default, linear, dynamic (NTK), llama3 and
+    Phi-3's su/longrope.
+    """
+    dim = config.head_dim
+    base = config.rope_theta if base is None else base
+    exponents = np.arange(0, dim, 2, dtype=np.float64) / dim
+    inv_freq = 1.0 / (base ** exponents)
+    scaling = dict(config.rope_scaling or {})
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    attention_scaling = 1.0
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        inv_freq = _llama3_frequencies(inv_freq, scaling)
+    elif kind in ("su", "longrope"):
+        original = config.original_max_position_embeddings or scaling["original_max_position_embeddings"]
+        factors = scaling["long_factor"] if long_context else scaling["short_factor"]
+        inv_freq = inv_freq / np.asarray(factors, dtype=np.float64)
+        factor = config.max_position_embeddings / original
+        if factor > 1.0:
+            attention_scaling = math.sqrt(1 + math.log(factor) / math.log(original))
+    elif kind not in ("default", "dynamic"):
+        raise ValueError(f"rope_scaling type {kind!r} is not supported")
+    return inv_freq, attention_scaling
+
+
+def _llama3_frequencies(inv_freq, scaling):
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (original / wavelen - low) / (high - low)
+    scaled = np.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return np.where(medium, (1 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+
+
+class RotaryEmbedding:
+    """cos/sin tables, grown on demand.
+
+    Dynamic NTK follows the official InternLM2/Llama code: the table is built for
+    the longest sequence seen so far (at least `max_position_embeddings`); a call
+    longer than that recomputes the base for its length, and the grown table is
+    kept for later, shorter calls. Phi-3 longrope picks short or long factors by
+    the sequence length of each call.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        scaling = config.rope_scaling or {}
+        self.kind = scaling.get("rope_type", scaling.get("type", "default"))
+        self.original_max = config.original_max_position_embeddings or scaling.get(
+            "original_max_position_embeddings", 0)
+        self.longest_seen = config.max_position_embeddings
+        self.long_context = False
+        self.cos = self.sin = None
+
+    def _base(self):
+        config = self.config
+        if self.kind != "dynamic" or self.longest_seen <= config.max_position_embeddings:
+            return config.rope_theta
+        factor, dim = config.rope_scaling["factor"], config.head_dim
+        ratio = factor * self.longest_seen / config.max_position_embeddings - (factor - 1)
+        return config.rope_theta * ratio ** (dim / (dim - 2))
+
+    def _build(self, table_len):
+        inv_freq, attention_scaling = rope_frequencies(self.config, self._base(), self.long_context)
+        # float32, exactly as the reference implementations compute it.
+        positions = np.arange(table_len, dtype=np.float32)
+        emb = np.outer(positions, inv_freq.astype(np.float32))
+        emb = np.concatenate([emb, emb], axis=-1)
+        self.cos = paddle.to_tensor(np.cos(emb) * np.float32(attention_scaling))
+        self.sin = paddle.to_tensor(np.sin(emb) * np.float32(attention_scaling))
+
+    def __call__(self, position_ids, seq_len, dtype):
+        """cos, sin [B, T, head_dim] for `position_ids`; `seq_len` is the total length so far."""
+        stale = self.cos is None or seq_len > self.cos.shape[0]
+        if self.kind == "dynamic" and seq_len > self.longest_seen:
+            self.longest_seen, stale = seq_len, True
+        long_context = self.kind in ("su", "longrope") and seq_len > self.original_max
+        if long_context != self.long_context:
+            self.long_context, stale = long_context, True
+        if stale:
+            self._build(max(seq_len, 2048))
+        cos = F.embedding(position_ids, self.cos)
+        sin = F.embedding(position_ids, self.sin)
+        return cos.astype(dtype), sin.astype(dtype)
+
+
+def rotate_half(x):
+    first, second = x.chunk(2, axis=-1)
+    return paddle.concat([-second, first], axis=-1)
+
+
+def apply_rotary(x, cos, sin):
+    """x: [B, T, H, D]; cos/sin: [B, T, D]."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return x * cos + rotate_half(x) * sin
+
+
+# --- attention ------------------------------------------------------------------
+class KVCache:
+    """Preallocated keys/values for every layer: decoding writes in place, never re-runs the prompt."""
+
+    def __init__(self, config, batch_size, max_length, dtype):
+        shape = [batch_size, config.num_key_value_heads, max_length, config.head_dim]
+        self.keys = [paddle.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.max_length = max_length
+        self.length = 0
+
+    def update(self, layer, key, value):
+        """Store [B, KV, T, D] keys/values at the current end; return everything so far."""
+        start, end = self.length, self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} tokens; {end} were requested")
+        self.keys[layer][:, :, start:end] = key
+        self.values[layer][:, :, start:end] = value
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def attention(query, key, value, mask):
+    """Grouped-query attention without repeating K/V.
+
+    query [B, H, T, D]; key/value [B, KV, S, D]; mask bool [B, 1, T, S] or None (True = attend).
+    """
+    batch, heads, q_len, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    q = query.reshape([batch, kv_heads, groups * q_len, dim])
+    scores = paddle.matmul(q, key, transpose_y=True).astype("float32") / math.sqrt(dim)
+    scores = scores.reshape([batch, kv_heads, groups, q_len, kv_len])
+    if mask is not None:
+        scores = paddle.where(mask.unsqueeze(1), scores, paddle.full([], -1e30, "float32"))
+    probs = F.softmax(scores, axis=-1).astype(value.dtype).reshape([batch, kv_heads, groups * q_len, kv_len])
+    out = paddle.matmul(probs, value).reshape([batch, heads, q_len, dim])
+    return out
+
+
+class Attention(nn.Layer):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias_attr=None if config.qkv_bias else False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size,
+                                bias_attr=None if config.o_bias else False)
+
+    def forward(self, hidden, cos, sin, mask, cache=None, layer_index=0):
+        batch, length, _ = hidden.shape
+        qkv = self.qkv_proj(hidden).reshape([batch, length, self.num_heads + 2 * self.num_kv_heads, self.head_dim])
+        q, k, v = paddle.split(qkv, [self.num_heads, self.num_kv_heads, self.num_kv_heads], axis=2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(layer_index, k, v)
+        out = attention(q, k, v, mask)
+        return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([batch, length, -1]))
+
+
+class MLP(nn.Layer):
+    def __init__(self, config):
+        super().__init__()
+        bias = None if config.mlp_bias else False
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias_attr=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=bias)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, axis=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Layer):
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, hidden, cos, sin, mask, cache=None, layer_index=0):
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, mask, cache, layer_index)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+def build_attention_mask(attention_mask, query_length, past_length, sliding_window=None):
+    """Boolean [B, 1, T, S] mask: causal, offset by the cached length, and padding-aware.
+
+    Aligning the causal triangle bottom-right (query i sits at position
+    past_length + i) is what makes KV-cache decoding equal a full forward.
+    """
+    total = past_length + query_length
+    key_pos = paddle.arange(total).unsqueeze(0)
+    query_pos = (paddle.arange(query_length) + past_length).unsqueeze(1)
+    allowed = key_pos <= query_pos
+    if sliding_window:
+        allowed = allowed & (key_pos > query_pos - sliding_window)
+    allowed = allowed.unsqueeze(0).unsqueeze(0)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, :total].astype("bool").unsqueeze(1).unsqueeze(1)
+    return allowed
+
+
+def default_position_ids(attention_mask, past_length, query_length):
+    """Positions that skip left padding: cumsum(mask) - 1, as transformers' generate does."""
+    if attention_mask is None:
+        return (paddle.arange(query_length) + past_length).unsqueeze(0)
+    positions = attention_mask.astype("int64").cumsum(axis=-1) - 1
+    positions = paddle.where(attention_mask.astype("bool"), positions, paddle.ones_like(positions))
+    return positions[:, past_length:past_length + query_length]
+
+
+class LanguageModel(nn.Layer):
+    """Embeddings, decoder stack, final norm and an untied LM head."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.LayerList([DecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
+        self.rotary = RotaryEmbedding(config)
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, last_logits_only=False):
+        """Logits [B, T, V] (or [B, 1, V] with last_logits_only) for `inputs_embeds` [B, T, C].
+
+        attention_mask [B, S] covers the cached plus the new tokens (1 = real token).
+        """
+        batch, length, _ = inputs_embeds.shape
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, past, length)
+        cos, sin = self.rotary(position_ids, past + length, inputs_embeds.dtype)
+        mask = build_attention_mask(attention_mask, length, past, self.config.sliding_window)
+        hidden = inputs_embeds
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, cos, sin, mask, cache, index)
+        if cache is not None:
+            cache.length += length
+        if last_logits_only:
+            hidden = hidden[:, -1:]
+        return self.lm_head(self.norm(hidden))

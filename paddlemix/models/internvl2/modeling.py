@@ -1,0 +1,320 @@
+"""InternVLChatModel: InternViT -> pixel shuffle -> mlp1 -> LLM, with the official chat API.
+
+`chat`, `batch_chat` and `generate` keep the signatures and prompt rules of the
+official `modeling_internvl_chat.py`, so model-card code runs unchanged.
+"""
+import logging
+import os
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, open_checkpoint, save_checkpoint
+from .config import InternVLChatConfig
+from .conversation import get_conv_template
+from .generation import generate as generate_tokens
+from .hub import resolve_model_dir
+from .llm import LanguageModel, checkpoint_names, fuse_checkpoint_parts, split_checkpoint_parts
+from .vision import InternVisionModel, Projector, pixel_shuffle
+
+logger = logging.getLogger(__name__)
+
+IMG_START_TOKEN = "<img>"
+IMG_END_TOKEN = "</img>"
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+DTYPES = ("float32", "bfloat16", "float16")
+# Buffers some checkpoints carry that are recomputed here.
+IGNORED_CHECKPOINT_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class PromptError(ValueError):
+    """A prompt that does not fit the images or the context window."""
+
+
+def resolve_dtype(dtype=None):
+    """float32 on CPU; bfloat16 on GPUs that have it, else float16. Rejects what the device cannot run."""
+    on_cpu = paddle.get_device() == "cpu"
+    if dtype is None:
+        if on_cpu:
+            return "float32"
+        return "bfloat16" if paddle.amp.is_bfloat16_supported() else "float16"
+    dtype = str(dtype).replace("paddle.", "")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if on_cpu and dtype != "float32":
+        raise ValueError(f"dtype {dtype} has no CPU kernels in Paddle dygraph; use float32 on CPU")
+    return dtype
+
+
+class InternVLChatModel(nn.Layer):
+    def __init__(self, config: InternVLChatConfig):
+        super().__init__()
+        self.config = config
+        self.template = config.template
+        self.system_message = get_conv_template(config.template).system_message
+        self.num_image_token = config.num_image_token
+        self.select_layer = config.select_layer
+        self.downsample_ratio = config.downsample_ratio
+        self.ps_version = config.ps_version
+        self.img_context_token_id = None
+        self.vision_model = InternVisionModel(config.vision)
+        self.mlp1 = Projector(config.vision.hidden_size, config.llm.hidden_size, config.downsample_ratio)
+        self.language_model = LanguageModel(config.llm)
+
+    # --- model ------------------------------------------------------------------
+    def extract_feature(self, pixel_values):
+        """[tiles, 3, H, W] -> [tiles, num_image_token, llm_hidden]."""
+        pixel_values = pixel_values.astype(self.mlp1[1].weight.dtype)
+        if self.select_layer == -1:
+            vit_embeds, _ = self.vision_model(pixel_values)
+        else:
+            _, hidden_states = self.vision_model(pixel_values, output_hidden_states=True)
+            vit_embeds = hidden_states[self.select_layer]
+        vit_embeds = vit_embeds[:, 1:, :]
+        side = int(vit_embeds.shape[1] ** 0.5)
+        vit_embeds = vit_embeds.reshape([vit_embeds.shape[0], side, side, -1])
+        vit_embeds = pixel_shuffle(vit_embeds, self.downsample_ratio, self.ps_version)
+        vit_embeds = vit_embeds.reshape([vit_embeds.shape[0], -1, vit_embeds.shape[-1]])
+        return self.mlp1(vit_embeds)
+
+    def _embed_with_images(self, input_ids, vit_embeds):
+        """Token embeddings with the <IMG_CONTEXT> positions replaced by image features, in order."""
+        embeds = self.language_model.embed_tokens(input_ids)
+        if vit_embeds is None:
+            return embeds
+        if self.img_context_token_id is None:
+            raise PromptError("img_context_token_id is not set; set it from the tokenizer's <IMG_CONTEXT> id")
+        batch, length, channels = embeds.shape
+        flat = embeds.reshape([batch * length, channels])
+        positions = paddle.nonzero(input_ids.reshape([-1]) == self.img_context_token_id).reshape([-1])
+        features = vit_embeds.reshape([-1, channels]).astype(flat.dtype)
+        if positions.shape[0] != features.shape[0]:
+            raise PromptError(
+                f"the prompt has {positions.shape[0]} {IMG_CONTEXT_TOKEN} tokens but the images give "
+                f"{features.shape[0]} features ({vit_embeds.shape[0]} tiles x {self.num_image_token})")
+        flat = paddle.scatter(flat, positions, features, overwrite=True)
+        return flat.reshape([batch, length, channels])
+
+    def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, image_flags=None,
+                labels=None):
+        """Training/scoring pass: {'loss', 'logits'}. Tiles with image_flags == 0 are padding and dropped."""
+        vit_embeds = self.extract_feature(pixel_values)
+        if image_flags is not None:
+            keep = paddle.nonzero(image_flags.reshape([-1]) == 1).reshape([-1])
+            vit_embeds = paddle.gather(vit_embeds, keep, axis=0)
+        embeds = self._embed_with_images(input_ids, vit_embeds)
+        logits = self.language_model(embeds, attention_mask, position_ids)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        return {"loss": loss, "logits": logits}
+
+    @paddle.no_grad()
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, visual_features=None,
+                 generation_config=None, **generate_kwargs):
+        """New token ids [B, n]; like the official code, the prompt is passed to the LLM as embeddings."""
+        settings = dict(generation_config or {}, **generate_kwargs)
+        input_ids = paddle.to_tensor(input_ids, dtype="int64")
+        vit_embeds = None
+        if pixel_values is not None:
+            vit_embeds = visual_features if visual_features is not None else self.extract_feature(
+                paddle.to_tensor(pixel_values))
+        embeds = self._embed_with_images(input_ids, vit_embeds)
+        if attention_mask is not None:
+            attention_mask = paddle.to_tensor(attention_mask)
+        self._check_context(input_ids.shape[1], settings.get("max_new_tokens", 20))
+        return generate_tokens(self.language_model, embeds, attention_mask, **settings)
+
+    def _check_context(self, prompt_len, max_new_tokens):
+        llm = self.config.llm
+        scaling = llm.rope_scaling or {}
+        limit = llm.max_position_embeddings
+        if scaling.get("type", scaling.get("rope_type")) in ("dynamic", "linear"):
+            limit = int(limit * scaling.get("factor", 1.0))
+        if prompt_len + (max_new_tokens or 0) > limit:
+            raise PromptError(f"the prompt has {prompt_len} tokens and {max_new_tokens} new tokens were asked for, "
+                              f"more than the model's context of {limit}; use fewer tiles (max_num) or a shorter text")
+
+    # --- chat -------------------------------------------------------------------
+    def _image_tokens(self, num_patches):
+        return IMG_START_TOKEN + IMG_CONTEXT_TOKEN * self.num_image_token * num_patches + IMG_END_TOKEN
+
+    def _fill_images(self, query, num_patches_list):
+        """Replace each <image> with its tile tokens; the counts must match exactly."""
+        if query.count("<image>") != len(num_patches_list):
+            raise PromptError(f"the prompt has {query.count('<image>')} <image> tags but {len(num_patches_list)} "
+                              f"images were given")
+        for num_patches in num_patches_list:
+            query = query.replace("<image>", self._image_tokens(num_patches), 1)
+        return query
+
+    def _new_template(self):
+        template = get_conv_template(self.template)
+        template.system_message = self.system_message
+        return template
+
+    def chat(self, tokenizer, pixel_values, question, generation_config, history=None, return_history=False,
+             num_patches_list=None, IMG_START_TOKEN="<img>", IMG_END_TOKEN="</img>",
+             IMG_CONTEXT_TOKEN="<IMG_CONTEXT>", verbose=False):
+        if history is None and pixel_values is not None and "<image>" not in question:
+            question = "<image>\n" + question
+        if num_patches_list is None:
+            num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
+        if pixel_values is not None and pixel_values.shape[0] != sum(num_patches_list):
+            raise PromptError(f"num_patches_list sums to {sum(num_patches_list)} tiles but pixel_values has "
+                              f"{pixel_values.shape[0]}")
+        self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        template = self._new_template()
+        eos_token_id = tokenizer.convert_tokens_to_ids(template.sep.strip())
+        history = [] if history is None else history
+        for old_question, old_answer in history:
+            template.append_message(template.roles[0], old_question)
+            template.append_message(template.roles[1], old_answer)
+        template.append_message(template.roles[0], question)
+        template.append_message(template.roles[1], None)
+        query = self._fill_images(template.get_prompt(), num_patches_list)
+        if verbose and pixel_values is not None:
+            logger.info("dynamic ViT batch size: %d", pixel_values.shape[0])
+        inputs = tokenizer(query, return_tensors="np")
+        output = self.generate(pixel_values=pixel_values, input_ids=inputs["input_ids"],
+                               attention_mask=inputs["attention_mask"],
+                               **dict(generation_config, eos_token_id=eos_token_id))
+        response = tokenizer.batch_decode(output.numpy(), skip_special_tokens=True)[0]
+        response = response.split(template.sep.strip())[0].strip()
+        history.append((question, response))
+        if verbose:
+            logger.info("%s\n%s", query.replace(IMG_CONTEXT_TOKEN * self.num_image_token, ""), response)
+        return (response, history) if return_history else response
+
+    def batch_chat(self, tokenizer, pixel_values, questions, generation_config, num_patches_list=None,
+                   history=None, return_history=False, IMG_START_TOKEN="<img>", IMG_END_TOKEN="</img>",
+                   IMG_CONTEXT_TOKEN="<IMG_CONTEXT>", verbose=False, image_counts=None):
+        if history is not None or return_history:
+            raise NotImplementedError("multi-turn chat is not supported in batch_chat; use chat() with history")
+        if image_counts is not None:
+            logger.warning("`image_counts` is deprecated; use `num_patches_list`")
+            num_patches_list = image_counts
+        if num_patches_list is None:
+            raise ValueError("batch_chat needs num_patches_list: the number of tiles of each question's image")
+        if len(num_patches_list) != len(questions):
+            raise PromptError(f"{len(questions)} questions but {len(num_patches_list)} num_patches_list entries")
+        self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        queries = []
+        for question, num_patches in zip(questions, num_patches_list):
+            if pixel_values is not None and "<image>" not in question:
+                question = "<image>\n" + question
+            template = self._new_template()
+            template.append_message(template.roles[0], question)
+            template.append_message(template.roles[1], None)
+            queries.append(self._fill_images(template.get_prompt(), [num_patches] if pixel_values is not None else []))
+        tokenizer.padding_side = "left"
+        inputs = tokenizer(queries, return_tensors="np", padding=True)
+        eos_token_id = tokenizer.convert_tokens_to_ids(template.sep.strip())
+        output = self.generate(pixel_values=pixel_values, input_ids=inputs["input_ids"],
+                               attention_mask=inputs["attention_mask"],
+                               **dict(generation_config, eos_token_id=eos_token_id))
+        responses = tokenizer.batch_decode(output.numpy(), skip_special_tokens=True)
+        return [response.split(template.sep.strip())[0].strip() for response in responses]
+
+    # --- checkpoints -------------------------------------------------------------
+    def _checkpoint_entries(self):
+        """(parameter name, parameter, checkpoint names, is a Linear weight) for every parameter."""
+        linear_weights = {f"{name}.weight" for name, layer in self.named_sublayers() if isinstance(layer, nn.Linear)}
+        for name, param in self.named_parameters():
+            if name.startswith("language_model."):
+                inner = name[len("language_model."):]
+                keys = ["language_model." + key for key in checkpoint_names(self.config.llm, inner)]
+            else:
+                keys = [name]
+            yield name, param, keys, name in linear_weights
+
+    def load_checkpoint(self, checkpoint, dtype="float32"):
+        """Copy every tensor from an open HF-layout checkpoint, transposing Linear weights to [in, out]."""
+        entries = list(self._checkpoint_entries())
+        available = set(checkpoint.keys())
+        missing = [key for _, _, keys, _ in entries for key in keys if key not in available]
+        used = {key for _, _, keys, _ in entries for key in keys}
+        unexpected = [key for key in sorted(available - used) if not key.endswith(IGNORED_CHECKPOINT_SUFFIXES)]
+        if missing or unexpected:
+            raise CheckpointError(_describe_key_mismatch(missing, unexpected))
+        for name, param, keys, is_linear in tqdm(entries, desc="Loading weights", unit="tensor", leave=False):
+            parts = [checkpoint.get(key) for key in keys]
+            if name.startswith("language_model."):
+                array = fuse_checkpoint_parts(self.config.llm, name[len("language_model."):], parts)
+            else:
+                array = parts[0]
+            if is_linear:
+                array = array.T
+            if tuple(array.shape) != tuple(param.shape):
+                raise CheckpointError(f"checkpoint tensor(s) {keys} have shape {tuple(array.shape)} after mapping, "
+                                      f"but the model built from config.json expects {tuple(param.shape)}")
+            param.set_value(paddle.to_tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(dtype))
+            del parts, array
+
+    def state_for_checkpoint(self):
+        """(checkpoint name, numpy array in HF layout) pairs, one parameter at a time."""
+        for name, param, keys, is_linear in self._checkpoint_entries():
+            array = param.astype("float32").numpy()
+            if is_linear:
+                array = np.ascontiguousarray(array.T)
+            if name.startswith("language_model."):
+                parts = split_checkpoint_parts(self.config.llm, name[len("language_model."):], array)
+            else:
+                parts = [array]
+            yield from zip(keys, parts)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None):
+        """Load an original Hugging Face InternVL checkpoint (local dir or hub id) directly."""
+        model_dir = resolve_model_dir(path_or_id, download_source, revision)
+        config = InternVLChatConfig.from_pretrained(model_dir)
+        dtype = resolve_dtype(dtype)
+        previous = paddle.get_default_dtype()
+        paddle.set_default_dtype(dtype)
+        try:
+            # LazyGuard: parameters get memory only when their checkpoint tensor is copied in,
+            # so loading never holds a randomly initialised second copy of the model.
+            with paddle.LazyGuard():
+                model = cls(config)
+        finally:
+            paddle.set_default_dtype(previous)
+        with open_checkpoint(model_dir) as checkpoint:
+            model.load_checkpoint(checkpoint, dtype)
+        model.name_or_path, model.model_dir = str(path_or_id), model_dir
+        model.eval()
+        return model
+
+    def save_pretrained(self, save_dir, dtype="bfloat16", max_shard_bytes=5 * 2 ** 30):
+        """Write config.json and HF-layout safetensors that the official code (and from_pretrained) loads."""
+        os.makedirs(save_dir, exist_ok=True)
+        save_checkpoint(save_dir, self.state_for_checkpoint(), dtype=dtype, max_shard_bytes=max_shard_bytes)
+        self.config.save(save_dir)
+
+
+def causal_lm_loss(logits, labels, ignore_index=-100):
+    """Mean next-token cross entropy over the positions whose label is not ignore_index.
+
+    The masked mean is spelled out rather than left to `reduction="mean"`, whose
+    handling of ignored positions differs between device backends.
+    """
+    vocab = logits.shape[-1]
+    shift_logits = logits[:, :-1].reshape([-1, vocab]).astype("float32")
+    shift_labels = labels[:, 1:].reshape([-1])
+    keep = (shift_labels != ignore_index).astype("float32")
+    safe_labels = paddle.where(shift_labels == ignore_index, paddle.zeros_like(shift_labels), shift_labels)
+    per_token = F.cross_entropy(shift_logits, safe_labels.unsqueeze(-1), reduction="none").reshape([-1])
+    return (per_token * keep).sum() / keep.sum().clip(min=1.0)
+
+
+def _describe_key_mismatch(missing, unexpected, limit=10):
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {', '.join(missing[:limit])}"
+                     + (" ..." if len(missing) > limit else ""))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:limit])}"
+                     + (" ..." if len(unexpected) > limit else ""))
+    return "checkpoint does not match config.json: " + "; ".join(parts)

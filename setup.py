@@ -1,0 +1,36 @@
+"""Packaging for the PaddlePaddle port of InternVL2."""
+from setuptools import find_packages, setup
+
+setup(
+    name="paddlemix-internvl2",
+    version="0.1.0",
+    description="InternVL2 multimodal chat models in PaddlePaddle, loading the original checkpoints",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["paddlemix", "paddlemix.*"]),
+    package_data={"paddlemix": ["demo_images/*"]},
+    include_package_data=True,
+    install_requires=[
+        # paddlepaddle itself is not listed: CPU, GPU and NPU users install
+        # different builds (paddlepaddle, paddlepaddle-gpu, paddle-custom-npu).
+        "paddleformers>=1.2",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.23",
+        "sentencepiece>=0.1.99",
+        "pillow>=9",
+        "numpy>=1.23,<2",
+        "opencv-python-headless>=4.8",
+        "tqdm>=4.60",
+        # fast_dataindex (a paddleformers dependency) pins numpy<=1.26.4;
+        # newer pyarrow/datasets need numpy 2.
+        "pyarrow<21",
+        "datasets<4",
+    ],
+    extras_require={
+        "cpu": ["paddlepaddle>=3.0"],
+        "video": ["decord>=0.6; platform_machine=='x86_64'"],
+        "test": ["pytest>=7", "paddlepaddle>=3.0", "decord>=0.6; platform_machine=='x86_64'"],
+    },
+)
