@@ -117,14 +117,14 @@ class InternVLChatModel(nn.Layer):
                  generation_config=None, **generate_kwargs):
         """New token ids [B, n]; like the official code, the prompt is passed to the LLM as embeddings."""
         settings = dict(generation_config or {}, **generate_kwargs)
-        input_ids = paddle.to_tensor(input_ids, dtype="int64")
+        input_ids = _as_tensor(input_ids).astype("int64")
         vit_embeds = None
         if pixel_values is not None:
             vit_embeds = visual_features if visual_features is not None else self.extract_feature(
-                paddle.to_tensor(pixel_values))
+                _as_tensor(pixel_values))
         embeds = self._embed_with_images(input_ids, vit_embeds)
         if attention_mask is not None:
-            attention_mask = paddle.to_tensor(attention_mask)
+            attention_mask = _as_tensor(attention_mask)
         self._check_context(input_ids.shape[1], settings.get("max_new_tokens", 20))
         return generate_tokens(self.language_model, embeds, attention_mask, **settings)
 
@@ -292,6 +292,10 @@ class InternVLChatModel(nn.Layer):
         os.makedirs(save_dir, exist_ok=True)
         save_checkpoint(save_dir, self.state_for_checkpoint(), dtype=dtype, max_shard_bytes=max_shard_bytes)
         self.config.save(save_dir)
+
+
+def _as_tensor(value):
+    return value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
 
 
 def causal_lm_loss(logits, labels, ignore_index=-100):

@@ -1,0 +1,127 @@
+"""from_pretrained / save_pretrained on original HF-layout checkpoints, and their error messages."""
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlemix.models.internvl2 import InternVLChatModel
+from paddlemix.models.internvl2.checkpoint import CheckpointError, open_checkpoint, save_checkpoint
+from paddlemix.models.internvl2.config import ConfigError
+from reference import ASSETS_DIR, load_tool, require_asset
+
+make_tiny = load_tool("make_tiny_checkpoint").make_tiny_checkpoint
+FAMILY_ASSETS = {"qwen2-1b": "internvl2-1b", "internlm2-2b": "internvl2-2b"}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_ASSETS))
+def tiny(request, tmp_path_factory):
+    folder = require_asset("tokenizers", FAMILY_ASSETS[request.param])
+    out = tmp_path_factory.mktemp(request.param)
+    make_tiny(str(folder / "config.json"), str(folder), str(out), shard_bytes=2_000_000)
+    return str(out)
+
+
+def _outputs(model, seed=0):
+    """Image features and text logits: together they touch every parameter."""
+    ids = paddle.to_tensor(np.random.RandomState(seed).randint(0, 90000, size=(1, 12)))
+    pixels = paddle.to_tensor(np.random.RandomState(seed).standard_normal((1, 3, 448, 448)).astype(np.float32))
+    lm = model.language_model
+    with paddle.no_grad():
+        return model.extract_feature(pixels).numpy(), lm(lm.embed_tokens(ids)).numpy()
+
+
+def test_sharded_checkpoint_round_trips_exactly(tiny, tmp_path):
+    assert os.path.isfile(os.path.join(tiny, "model.safetensors.index.json"))
+    model = InternVLChatModel.from_pretrained(tiny)
+    saved = tmp_path / "saved"
+    model.save_pretrained(str(saved), dtype="float32", max_shard_bytes=3_000_000)
+    # Every tensor comes back under its original name, layout and value (fused/split and transposes invert).
+    with open_checkpoint(tiny) as original, open_checkpoint(str(saved)) as copy:
+        assert original.keys() == copy.keys()
+        for key in original.keys():
+            np.testing.assert_array_equal(original.get(key), copy.get(key), err_msg=key)
+    with open(os.path.join(tiny, "config.json"), encoding="utf-8") as f:
+        assert json.load(f) == json.loads((saved / "config.json").read_text())
+    reloaded = InternVLChatModel.from_pretrained(str(saved))
+    for ours, theirs in zip(_outputs(model), _outputs(reloaded)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_bfloat16_save_reloads_close(tiny, tmp_path):
+    model = InternVLChatModel.from_pretrained(tiny)
+    model.save_pretrained(str(tmp_path), dtype="bfloat16")
+    reloaded = InternVLChatModel.from_pretrained(str(tmp_path))
+    for (name, a), (_, b) in zip(model.named_parameters(), reloaded.named_parameters()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2 ** -8, atol=1e-6, err_msg=name)
+
+
+def _rewrite(src, dst, drop=(), add=None):
+    with open_checkpoint(src) as ckpt:
+        tensors = {key: ckpt.get(key) for key in ckpt.keys() if key not in drop}
+    tensors.update(add or {})
+    save_checkpoint(str(dst), tensors)
+    for name in ("config.json",):
+        (dst / name).write_bytes(open(os.path.join(src, name), "rb").read())
+    return str(dst)
+
+
+def test_missing_key_is_named(tiny, tmp_path):
+    key = "vision_model.encoder.layers.1.ls2"
+    broken = _rewrite(tiny, tmp_path, drop=[key])
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): vision_model\.encoder\.layers\.1\.ls2"):
+        InternVLChatModel.from_pretrained(broken)
+
+
+def test_unexpected_key_is_named(tiny, tmp_path):
+    broken = _rewrite(tiny, tmp_path, add={"vision_model.extra.weight": np.zeros(3, np.float32)})
+    with pytest.raises(CheckpointError, match=r"1 unexpected key\(s\): vision_model\.extra\.weight"):
+        InternVLChatModel.from_pretrained(broken)
+
+
+def test_truncated_shard_is_named(tiny, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in os.listdir(tiny):
+        (broken / name).write_bytes(open(os.path.join(tiny, name), "rb").read())
+    shard = sorted(p for p in os.listdir(broken) if p.endswith(".safetensors"))[-1]
+    data = (broken / shard).read_bytes()
+    (broken / shard).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"{shard}.*(truncated|corrupt)"):
+        InternVLChatModel.from_pretrained(str(broken))
+
+
+def test_wrong_shape_is_explained(tiny, tmp_path):
+    with open_checkpoint(tiny) as ckpt:
+        bad = {"mlp1.3.bias": np.zeros(ckpt.shape("mlp1.3.bias")[0] + 1, np.float32)}
+    broken = _rewrite(tiny, tmp_path, drop=["mlp1.3.bias"], add=bad)
+    with pytest.raises(CheckpointError, match="mlp1.3.bias.*shape"):
+        InternVLChatModel.from_pretrained(broken)
+
+
+def test_unknown_llm_architecture_is_named(tmp_path):
+    config = json.loads(require_asset("tokenizers", "internvl2-1b", "config.json").read_text())
+    config["llm_config"]["architectures"] = ["MistralForCausalLM"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="MistralForCausalLM"):
+        InternVLChatModel.from_pretrained(str(tmp_path))
+
+
+def test_directory_without_config_is_explained(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        InternVLChatModel.from_pretrained(str(tmp_path))
+
+
+def test_bad_dtype_for_cpu_is_explained(tiny):
+    with pytest.raises(ValueError, match="no CPU kernels"):
+        InternVLChatModel.from_pretrained(tiny, dtype="bfloat16")
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        InternVLChatModel.from_pretrained(tiny, dtype="float8")
+
+
+def test_hub_id_without_network_says_how_to_pass_a_local_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(OSError, match=r"could not download 'OpenGVLab/InternVL2-1B'.*local directory"):
+        InternVLChatModel.from_pretrained("OpenGVLab/InternVL2-1B")
