@@ -125,3 +125,32 @@ def test_hub_id_without_network_says_how_to_pass_a_local_path(monkeypatch, tmp_p
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(OSError, match=r"could not download 'OpenGVLab/InternVL2-1B'.*local directory"):
         InternVLChatModel.from_pretrained("OpenGVLab/InternVL2-1B")
+
+
+def test_real_size_checkpoint_builds_the_reference_parameter_count(tmp_path):
+    """The full InternVL2-1B shape, random bf16 weights in the HF layout: loads, and counts like transformers."""
+    from reference import run_reference
+
+    folder = require_asset("tokenizers", "internvl2-1b")
+    config = json.loads((folder / "config.json").read_text())
+    vision, llm = config["vision_config"], config["llm_config"]
+    real_sizes = dict(
+        vision_hidden=vision["hidden_size"], vision_heads=vision["num_attention_heads"],
+        vision_intermediate=vision["intermediate_size"], vision_layers=vision["num_hidden_layers"],
+        llm_hidden=llm["hidden_size"], llm_heads=llm["num_attention_heads"],
+        llm_kv_heads=llm["num_key_value_heads"], llm_intermediate=llm["intermediate_size"],
+        llm_layers=llm["num_hidden_layers"])
+    written = make_tiny(str(folder / "config.json"), str(folder), str(tmp_path), dtype="bfloat16",
+                        shard_bytes=1 << 30, **real_sizes)
+    assert written["vision_config"] == vision and written["llm_config"] == llm
+    model = InternVLChatModel.from_pretrained(str(tmp_path))
+    reference = run_reference("count", str(tmp_path), {})
+
+    def count(prefix):
+        return sum(int(np.prod(p.shape)) for name, p in model.named_parameters() if name.startswith(prefix))
+
+    assert count("vision_model.") == reference["vision"]
+    assert count("mlp1.") == reference["projector"]
+    assert count("language_model.lm_head.") == reference["lm_head"]
+    assert count("language_model.") - count("language_model.lm_head.") == reference["llm"]
+    assert count("") == reference["total"]

@@ -3,7 +3,7 @@
 Run it only with the reference interpreter (torch + transformers), as a subprocess of the parity
 tests; the project code never imports it:
 
-    python tools/torch_reference.py {llm,vision,full} --ckpt DIR --inputs IN.npz --out OUT.npz
+    python tools/torch_reference.py {llm,vision,full,count} --ckpt DIR --inputs IN.npz --out OUT.npz
 
 The checkpoint keeps the original OpenGVLab InternVL names; they are mapped here onto the
 transformers classes (fp32, eval, eager attention). Inputs and outputs are numpy ``.npz`` files:
@@ -15,6 +15,8 @@ transformers classes (fp32, eval, eager attention). Inputs and outputs are numpy
               default the EOS, and it ends when all rows have finished).
 - ``vision``: in ``pixel_values`` [N,3,H,W]; out ``last_hidden_state`` and ``hidden_states``
               stacked as [L+1, N, S, C] (embeddings first).
+- ``count``:  no inputs and no weights needed; out parameter counts ``vision``, ``projector``, ``llm``,
+              ``lm_head`` and ``total`` of the model built from ``config.json`` alone.
 - ``full``:   in ``input_ids``, ``pixel_values``, ``image_token_id``, optional ``attention_mask``;
               out ``logits`` and, with ``max_new_tokens``, ``greedy_tokens`` (as for ``llm``).
 
@@ -351,7 +353,22 @@ def run_full(config, weights, inputs):
     return outputs
 
 
-MODES = {"llm": run_llm, "vision": run_vision, "full": run_full}
+def run_count(config, weights, inputs):
+    """Parameter counts of the transformers model built from the config alone (meta device, no weights)."""
+    with torch.device("meta"):
+        model = transformers.InternVLForConditionalGeneration(internvl_config(config, 0))
+    parts = {
+        "vision": model.model.vision_tower,
+        "projector": model.model.multi_modal_projector,
+        "llm": model.model.language_model,
+        "lm_head": model.lm_head,
+    }
+    counts = {name: np.array(sum(p.numel() for p in part.parameters())) for name, part in parts.items()}
+    counts["total"] = np.array(sum(p.numel() for p in model.parameters()))
+    return counts
+
+
+MODES = {"llm": run_llm, "vision": run_vision, "full": run_full, "count": run_count}
 
 
 def main(argv=None):
@@ -369,7 +386,7 @@ def main(argv=None):
         config = json.load(f)
     with np.load(args.inputs) as data:
         inputs = {k: data[k] for k in data.files}
-    weights = load_original_weights(args.ckpt)
+    weights = {} if args.mode == "count" else load_original_weights(args.ckpt)
     logger.info("%s: %d tensors from %s", args.mode, len(weights), args.ckpt)
     with torch.no_grad():
         outputs = MODES[args.mode](config, weights, inputs)
