@@ -152,3 +152,12 @@ def _project_reference(model, hidden, transpose_grid):
     if transpose_grid:
         x = x.transpose(0, 2, 1, 3)
     return model.mlp1(paddle.to_tensor(np.ascontiguousarray(x).reshape(n, -1, c * 4))).numpy()
+
+
+def test_position_table_is_bicubically_resized_for_other_grids(tiny_1b, model_1b):
+    """A 224x336 input (16x24 patches instead of 32x32) resizes the position table like the reference."""
+    pixels = np.random.RandomState(6).standard_normal((1, 3, 224, 336)).astype(np.float32)
+    ref = run_reference("vision", tiny_1b, {"pixel_values": pixels})
+    with paddle.no_grad():
+        last, _ = model_1b.vision_model(paddle.to_tensor(pixels))
+    assert _max_diff(last.numpy(), ref["last_hidden_state"]) <= LOGITS_TOL
