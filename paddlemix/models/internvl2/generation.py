@@ -84,8 +84,9 @@ def warp_for_sampling(logits, config):
         cumulative = F.softmax(sorted_logits, axis=-1).cumsum(axis=-1)
         remove_sorted = cumulative <= (1 - config.top_p)
         remove_sorted[:, -1] = False  # always keep the most likely token
-        remove = paddle.put_along_axis(paddle.zeros_like(remove_sorted), sorted_idx, remove_sorted, axis=1)
-        logits = paddle.where(remove, neg_inf, logits)
+        kept_sorted = paddle.where(remove_sorted, neg_inf, sorted_logits)
+        # sorted_idx is a permutation, so scattering back rewrites every position.
+        logits = paddle.put_along_axis(logits, sorted_idx, kept_sorted, axis=1)
     return logits
 
 
