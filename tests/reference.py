@@ -7,6 +7,7 @@ else ``<repo>/.venv-ref/bin/python``. Tests that need it skip when it is absent,
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import tempfile
@@ -65,15 +66,33 @@ def run_reference(mode, ckpt, inputs, timeout=900):
 
     ``inputs`` maps names to arrays or scalars (see the script's docstring for each mode).
     """
+    return run_reference_batch([(mode, ckpt, inputs)], timeout)[0]
+
+
+def run_reference_batch(jobs, timeout=900):
+    """Several ``(mode, ckpt, inputs)`` reference runs in one subprocess; their outputs, in order.
+
+    Importing torch and transformers takes seconds, so tests gather their reference work.
+    """
     python = require_reference_python()
     with tempfile.TemporaryDirectory(prefix="torch_ref_") as tmp:
-        in_path, out_path = os.path.join(tmp, "inputs.npz"), os.path.join(tmp, "outputs.npz")
-        np.savez(in_path, **{k: np.asarray(v) for k, v in inputs.items()})
-        cmd = [python, str(REFERENCE_SCRIPT), mode, "--ckpt", str(ckpt), "--inputs", in_path, "--out", out_path]
+        specs = []
+        for index, (mode, ckpt, inputs) in enumerate(jobs):
+            in_path, out_path = os.path.join(tmp, f"inputs{index}.npz"), os.path.join(tmp, f"outputs{index}.npz")
+            np.savez(in_path, **{k: np.asarray(v) for k, v in inputs.items()})
+            specs.append({"mode": mode, "ckpt": str(ckpt), "inputs": in_path, "out": out_path})
+        jobs_path = os.path.join(tmp, "jobs.json")
+        with open(jobs_path, "w", encoding="utf-8") as f:
+            json.dump(specs, f)
+        cmd = [python, str(REFERENCE_SCRIPT), "batch", "--jobs", jobs_path]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         if proc.returncode != 0:
+            modes = ", ".join(spec["mode"] for spec in specs)
             raise RuntimeError(
-                f"torch reference '{mode}' failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"
+                f"torch reference ({modes}) failed with exit code {proc.returncode}:\n{proc.stderr[-4000:]}"
             )
-        with np.load(out_path) as data:
-            return {k: data[k] for k in data.files}
+        outputs = []
+        for spec in specs:
+            with np.load(spec["out"]) as data:
+                outputs.append({k: data[k] for k in data.files})
+        return outputs

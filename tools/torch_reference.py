@@ -4,6 +4,10 @@ Run it only with the reference interpreter (torch + transformers), as a subproce
 tests; the project code never imports it:
 
     python tools/torch_reference.py {llm,vision,full,count} --ckpt DIR --inputs IN.npz --out OUT.npz
+    python tools/torch_reference.py batch --jobs JOBS.json
+
+``batch`` runs several jobs in one process (torch and transformers load once); JOBS.json is a
+list of ``{"mode", "ckpt", "inputs", "out"}`` objects.
 
 The checkpoint keeps the original OpenGVLab InternVL names; they are mapped here onto the
 transformers classes (fp32, eval, eager attention). Inputs and outputs are numpy ``.npz`` files:
@@ -11,8 +15,12 @@ transformers classes (fp32, eval, eager attention). Inputs and outputs are numpy
 - ``llm``:    in ``input_ids`` [B,T], optional ``attention_mask``, ``position_ids``; out ``logits``.
               With ``max_new_tokens`` also ``greedy_tokens`` (new ids only), and with ``num_beams``
               also ``beam_tokens``. Generation ignores the config's EOS: only an input
-              ``eos_token_id`` stops it (rows finished early are padded with ``pad_token_id``,
-              default the EOS, and it ends when all rows have finished).
+              ``eos_token_id`` (one id or a list) stops it (rows finished early are padded with
+              ``pad_token_id``, default the first EOS, and it ends when all rows have finished).
+              With ``generate_settings`` (a JSON list of ``GenerationConfig`` keyword dicts, the
+              rest left at transformers' defaults) also ``generated_<i>`` for each dict; with
+              ``from_embeds`` set those run from ``inputs_embeds`` as InternVL's ``generate`` does
+              (so the repetition penalty sees only new tokens).
 - ``vision``: in ``pixel_values`` [N,3,H,W]; out ``last_hidden_state`` and ``hidden_states``
               stacked as [L+1, N, S, C] (embeddings first).
 - ``count``:  no inputs and no weights needed; out parameter counts ``vision``, ``projector``, ``llm``,
@@ -105,7 +113,11 @@ def text_config(llm):
         extra = {"attention_bias": llm.get("bias", False), "mlp_bias": False}
         return transformers.LlamaConfig(**common, **extra), transformers.LlamaForCausalLM
     if arch == "Phi3ForCausalLM":
-        extra = {k: llm[k] for k in ("original_max_position_embeddings", "sliding_window") if k in llm}
+        extra = {k: llm[k] for k in ("original_max_position_embeddings",) if k in llm}
+        if llm.get("sliding_window"):
+            # The official Phi-3 code windows with flash-attn's window_size=(w, w): the query and
+            # the w keys before it. transformers' sliding_window counts all the keys a query sees.
+            extra["sliding_window"] = llm["sliding_window"] + 1
         if "partial_rotary_factor" in llm:
             common["rope_parameters"]["partial_rotary_factor"] = llm["partial_rotary_factor"]
         return transformers.Phi3Config(**common, **extra), transformers.Phi3ForCausalLM
@@ -281,19 +293,26 @@ def _load(model, state):
 
 def _generate(model, inputs, model_inputs, num_beams):
     """New token ids of a greedy (num_beams=1) or beam search; stops at EOS only if one is given."""
-    eos = int(inputs["eos_token_id"]) if "eos_token_id" in inputs else None
-    pad = int(inputs["pad_token_id"]) if "pad_token_id" in inputs else (eos if eos is not None else 0)
-    generation = transformers.GenerationConfig(
-        max_new_tokens=int(inputs["max_new_tokens"]),
-        do_sample=False,
-        num_beams=num_beams,
-        length_penalty=1.0,
-        early_stopping=False,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
+    settings = {"max_new_tokens": int(inputs["max_new_tokens"]), "do_sample": False, "num_beams": num_beams}
+    if "eos_token_id" in inputs:
+        settings["eos_token_id"] = inputs["eos_token_id"].tolist()
+    if "pad_token_id" in inputs:
+        settings["pad_token_id"] = int(inputs["pad_token_id"])
+    return _generate_with(model, model_inputs, settings)
+
+
+def _generate_with(model, model_inputs, settings, from_embeds=False):
+    """New token ids for GenerationConfig ``settings``; unset fields keep transformers' defaults, no config EOS."""
+    settings = dict(settings)
+    eos = settings.get("eos_token_id")
+    if eos is not None and "pad_token_id" not in settings:
+        settings["pad_token_id"] = eos if isinstance(eos, int) else eos[0]
     # Replace, not override: generate() fills unset fields (eos!) from the model's own defaults.
-    model.generation_config = generation
+    model.generation_config = transformers.GenerationConfig(**settings)
+    if from_embeds:
+        embeds = model.get_input_embeddings()(model_inputs["input_ids"])
+        # From embeddings only, generate() returns the new tokens alone.
+        return model.generate(inputs_embeds=embeds, attention_mask=model_inputs.get("attention_mask")).numpy()
     sequences = model.generate(**model_inputs)
     return sequences[:, model_inputs["input_ids"].shape[1] :].numpy()
 
@@ -318,6 +337,10 @@ def run_llm(config, weights, inputs):
         outputs["greedy_tokens"] = _generate(model, inputs, model_inputs, 1)
         if "num_beams" in inputs:
             outputs["beam_tokens"] = _generate(model, inputs, model_inputs, int(inputs["num_beams"]))
+    if "generate_settings" in inputs:
+        from_embeds = bool(inputs.get("from_embeds", False))
+        for index, settings in enumerate(json.loads(str(inputs["generate_settings"]))):
+            outputs[f"generated_{index}"] = _generate_with(model, model_inputs, settings, from_embeds)
     return outputs
 
 
@@ -371,27 +394,42 @@ def run_count(config, weights, inputs):
 MODES = {"llm": run_llm, "vision": run_vision, "full": run_full, "count": run_count}
 
 
+def run_job(mode, ckpt, inputs_path, out_path):
+    """One reference run: checkpoint folder and input .npz in, output .npz written."""
+    torch.manual_seed(0)
+    with open(os.path.join(ckpt, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    with np.load(inputs_path) as data:
+        inputs = {k: data[k] for k in data.files}
+    weights = {} if mode == "count" else load_original_weights(ckpt)
+    logger.info("%s: %d tensors from %s", mode, len(weights), ckpt)
+    with torch.no_grad():
+        outputs = MODES[mode](config, weights, inputs)
+    np.savez(out_path, **outputs)
+    logger.info("wrote %s (%s)", out_path, ", ".join(f"{k}{list(v.shape)}" for k, v in outputs.items()))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=sorted(MODES))
-    parser.add_argument("--ckpt", required=True, help="checkpoint folder in the original InternVL layout")
-    parser.add_argument("--inputs", required=True, help="input .npz")
-    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("mode", choices=sorted(MODES) + ["batch"])
+    parser.add_argument("--ckpt", help="checkpoint folder in the original InternVL layout")
+    parser.add_argument("--inputs", help="input .npz")
+    parser.add_argument("--out", help="output .npz")
+    parser.add_argument("--jobs", help="batch mode: JSON list of {mode, ckpt, inputs, out}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
     torch.set_num_threads(int(os.environ.get("PADDLEMIX_REF_THREADS", "2")))
-    torch.manual_seed(0)
-    with open(os.path.join(args.ckpt, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    with np.load(args.inputs) as data:
-        inputs = {k: data[k] for k in data.files}
-    weights = {} if args.mode == "count" else load_original_weights(args.ckpt)
-    logger.info("%s: %d tensors from %s", args.mode, len(weights), args.ckpt)
-    with torch.no_grad():
-        outputs = MODES[args.mode](config, weights, inputs)
-    np.savez(args.out, **outputs)
-    logger.info("wrote %s (%s)", args.out, ", ".join(f"{k}{list(v.shape)}" for k, v in outputs.items()))
+    if args.mode == "batch":
+        if not args.jobs:
+            parser.error("batch needs --jobs")
+        with open(args.jobs, encoding="utf-8") as f:
+            jobs = json.load(f)
+        for job in jobs:
+            run_job(job["mode"], job["ckpt"], job["inputs"], job["out"])
+        return
+    if not (args.ckpt and args.inputs and args.out):
+        parser.error(f"{args.mode} needs --ckpt, --inputs and --out")
+    run_job(args.mode, args.ckpt, args.inputs, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Numpy-only reading and writing of safetensors checkpoints in the Hugging Face layout.
 
-The reader parses the safetensors header itself and maps the data with ``np.memmap`` so that
+The reader parses the safetensors header itself and reads each tensor on demand, so that
 bfloat16 tensors can be read (numpy has no bfloat16) and nothing is loaded until asked for.
 It imports no paddle, so tools and tests can use it without building a model.
 """
@@ -171,7 +171,6 @@ class Checkpoint:
     def __init__(self, source, entries):
         self._source = source
         self._entries = entries
-        self._maps = {}
 
     def keys(self):
         return sorted(self._entries)
@@ -192,21 +191,25 @@ class Checkpoint:
         return self._entry(name).shape
 
     def get(self, name):
-        """Tensor as a new array: floats as float32 (bf16/f16 upcast), other dtypes unchanged."""
+        """Tensor as a new array: floats as float32 (bf16/f16 upcast), other dtypes unchanged.
+
+        Bytes are read with a plain file read rather than a memory map, so a
+        loaded tensor leaves no file pages counted in the process's memory.
+        """
         entry = self._entry(name)
-        if entry.path not in self._maps:
-            self._maps[entry.path] = np.memmap(entry.path, dtype=np.uint8, mode="r")
-        raw = self._maps[entry.path][entry.start : entry.end]
-        values = raw.view(_STORAGE[entry.dtype]).reshape(entry.shape)
+        storage = _STORAGE[entry.dtype]
+        count = (entry.end - entry.start) // storage.itemsize
+        values = np.fromfile(entry.path, dtype=storage, count=count, offset=entry.start).reshape(entry.shape)
         if entry.dtype == "BF16":
-            return (values.astype(np.uint32) << 16).view(np.float32)
+            bits = values.astype(np.uint32)
+            bits <<= 16
+            return bits.view(np.float32)
         if entry.dtype in _FLOAT_TYPES:
-            return values.astype(np.float32)
-        return values.astype(values.dtype.newbyteorder("="))
+            return values.astype(np.float32, copy=False)
+        return values.astype(values.dtype.newbyteorder("="), copy=False)
 
     def close(self):
-        """Drop the file mappings; arrays returned by ``get`` stay valid (they are copies)."""
-        self._maps.clear()
+        """Nothing stays open between reads; kept so a Checkpoint works as a context manager."""
 
     def __enter__(self):
         return self
@@ -234,7 +237,7 @@ def open_checkpoint(model_dir):
     raise CheckpointError(f"no checkpoint in '{model_dir}': looked for '{SINGLE_FILE}' and '{INDEX_FILE}'")
 
 
-def _to_bf16_bits(array):
+def to_bf16_bits(array):
     """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even; NaN stays NaN."""
     bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
     rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
@@ -248,7 +251,7 @@ def _encode(array, float_dtype):
     array = np.asarray(array)
     if array.dtype.kind == "f":
         if float_dtype == "BF16":
-            return "BF16", _to_bf16_bits(array).tobytes()
+            return "BF16", to_bf16_bits(array).tobytes()
         storage = _STORAGE[float_dtype]
     else:
         matches = [
@@ -357,3 +360,71 @@ def save_checkpoint(model_dir, tensors, dtype="float32", max_shard_bytes=5 * 2**
         if _SHARD_RE.match(name) and name not in final_names:
             logger.info("removing stale shard %s", name)
             os.unlink(os.path.join(model_dir, name))
+
+
+# --- PaddleMIX-format checkpoints ------------------------------------------------------
+# PaddleMIX saves InternVL2 in Paddle's layout: nn.Linear weights are [in, out], and its
+# Qwen2/Llama are paddlenlp classes whose state dicts say `qwen2.`/`llama.` where the
+# original says `model.` (paddlenlp's `_get_name_mappings`). InternViT, mlp1 and InternLM2
+# keep the original names there, so the layout is told apart by the shape of a fused qkv.
+_PADDLENLP_PREFIXES = ("language_model.qwen2.", "language_model.llama.")
+_LAYOUT_PROBE = "vision_model.encoder.layers.0.attn.qkv.weight"  # [3C, C] originally, [C, 3C] in Paddle
+_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "tok_embeddings.weight")  # [vocab, hidden] in both
+
+
+def is_paddle_layout(checkpoint):
+    """True for a checkpoint saved by PaddleMIX's InternVLChatModel."""
+    if any(key.startswith(_PADDLENLP_PREFIXES) for key in checkpoint.keys()):
+        return True
+    if _LAYOUT_PROBE not in checkpoint:
+        return False
+    rows, cols = checkpoint.shape(_LAYOUT_PROBE)
+    return cols == 3 * rows
+
+
+class OriginalLayoutView:
+    """A PaddleMIX-format checkpoint read through the original names and [out, in] Linear weights."""
+
+    def __init__(self, checkpoint):
+        self._checkpoint = checkpoint
+        self._names = {self._original_name(key): key for key in checkpoint.keys()}
+
+    @staticmethod
+    def _original_name(key):
+        for prefix in _PADDLENLP_PREFIXES:
+            if key.startswith(prefix):
+                return "language_model.model." + key[len(prefix):]
+        return key
+
+    @staticmethod
+    def _is_linear_weight(name, shape):
+        # Every 2-D tensor of InternVL is a Linear weight except the token embeddings.
+        return len(shape) == 2 and not name.endswith(_EMBEDDING_SUFFIXES)
+
+    def _stored(self, name):
+        try:
+            return self._names[name]
+        except KeyError:
+            raise CheckpointError(f"tensor '{name}' is not in the PaddleMIX checkpoint") from None
+
+    def keys(self):
+        return sorted(self._names)
+
+    def __contains__(self, name):
+        return name in self._names
+
+    def shape(self, name):
+        shape = self._checkpoint.shape(self._stored(name))
+        return shape[::-1] if self._is_linear_weight(name, shape) else shape
+
+    def get(self, name):
+        array = self._checkpoint.get(self._stored(name))
+        return array.T if self._is_linear_weight(name, array.shape) else array
+
+
+def original_layout(checkpoint):
+    """`checkpoint` itself, or a PaddleMIX-format one seen in the original HF layout."""
+    if not is_paddle_layout(checkpoint):
+        return checkpoint
+    logger.info("PaddleMIX-format checkpoint: reading [in, out] Linear weights and paddlenlp names")
+    return OriginalLayoutView(checkpoint)

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .conversation import TEMPLATE_NAMES
+
 
 class ConfigError(ValueError):
     """A config.json that this port cannot build a model from."""
@@ -22,6 +24,14 @@ LLM_FAMILIES = {
     "InternLM2ForCausalLM": "internlm2",
     "Phi3ForCausalLM": "phi3",
 }
+# `rope_scaling` types llm.py implements ("su" is the first Phi-3 releases' name for longrope).
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "su", "longrope")
+
+
+def rope_type(rope_scaling):
+    """The scaling type of a `rope_scaling` dict (old configs say `type`, newer ones `rope_type`)."""
+    scaling = rope_scaling or {}
+    return scaling.get("rope_type", scaling.get("type", "default"))
 
 
 @dataclass
@@ -71,7 +81,9 @@ class LLMConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
-    sliding_window: Optional[int] = None
+    # How many keys (the query's own included) each query may attend to; None = all.
+    attention_window: Optional[int] = None
+    tie_word_embeddings: bool = False
     hidden_act: str = "silu"
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[object] = None
@@ -104,9 +116,14 @@ class LLMConfig:
             mlp_bias = bool(raw.get("mlp_bias", False))
         else:
             qkv_bias = o_bias = mlp_bias = False
-        sliding_window = raw.get("sliding_window")
-        if family == "qwen2" and not raw.get("use_sliding_window", False):
-            sliding_window = None
+        if family == "qwen2" and raw.get("use_sliding_window", False):
+            raise ConfigError("llm_config.use_sliding_window is not supported (no InternVL checkpoint uses it)")
+        attention_window = None
+        if family == "phi3" and raw.get("sliding_window"):
+            # The official Phi-3 code windows attention with flash-attn's window_size=(w, w):
+            # a query sees itself and the w keys before it.
+            attention_window = raw["sliding_window"] + 1
+        _check_rope_scaling(raw)
         heads = raw["num_attention_heads"]
         return cls(
             architecture=arch,
@@ -125,12 +142,24 @@ class LLMConfig:
             qkv_bias=qkv_bias,
             o_bias=o_bias,
             mlp_bias=mlp_bias,
-            sliding_window=sliding_window,
+            attention_window=attention_window,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_id=raw.get("eos_token_id"),
             pad_token_id=raw.get("pad_token_id"),
             explicit_head_dim=raw.get("head_dim"),
         )
+
+
+def _check_rope_scaling(raw):
+    kind = rope_type(raw.get("rope_scaling"))
+    if kind not in ROPE_TYPES:
+        raise ConfigError(f"llm_config.rope_scaling type {kind!r} is not supported; known: {', '.join(ROPE_TYPES)}")
+    if kind in ("su", "longrope"):
+        original = raw.get("original_max_position_embeddings") or raw["rope_scaling"].get(
+            "original_max_position_embeddings")
+        if not original:
+            raise ConfigError(f"llm_config.rope_scaling type {kind!r} needs original_max_position_embeddings")
 
 
 @dataclass
@@ -168,6 +197,9 @@ class InternVLChatConfig:
         ps_version = raw.get("ps_version", "v1")
         if ps_version not in ("v1", "v2"):
             raise ConfigError(f"ps_version {ps_version!r} is not supported (expected 'v1' or 'v2')")
+        template = raw.get("template", "Hermes-2")
+        if template not in TEMPLATE_NAMES:
+            raise ConfigError(f"template {template!r} is not supported; known: {', '.join(TEMPLATE_NAMES)}")
         vision = VisionConfig.from_dict(raw["vision_config"])
         return cls(
             vision=vision,
@@ -176,7 +208,7 @@ class InternVLChatConfig:
             downsample_ratio=raw.get("downsample_ratio", 0.5),
             ps_version=ps_version,
             select_layer=raw.get("select_layer", -1),
-            template=raw.get("template", "Hermes-2"),
+            template=template,
             dynamic_image_size=raw.get("dynamic_image_size", False),
             use_thumbnail=raw.get("use_thumbnail", False),
             min_dynamic_patch=raw.get("min_dynamic_patch", 1),

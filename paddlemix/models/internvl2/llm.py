@@ -13,6 +13,9 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
+from paddle.distributed.fleet.utils import recompute
+
+from .config import rope_type
 
 
 class RMSNorm(nn.Layer):
@@ -112,32 +115,35 @@ def split_checkpoint_parts(config, name, merged):
 
 # --- rotary embeddings ---------------------------------------------------------
 def rope_frequencies(config, base=None, long_context=False):
-    """Inverse frequencies and attention scaling.
+    """Inverse frequencies and attention scaling for one of config.ROPE_TYPES.
 
-    This is the family/scaling table: default, linear, dynamic (NTK), llama3 and
-    Phi-3's su/longrope.
+    Dynamic NTK only changes the base, which `RotaryEmbedding` passes in.
     """
     dim = config.head_dim
     base = config.rope_theta if base is None else base
     exponents = np.arange(0, dim, 2, dtype=np.float64) / dim
     inv_freq = 1.0 / (base ** exponents)
-    scaling = dict(config.rope_scaling or {})
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    scaling = config.rope_scaling or {}
+    kind = rope_type(scaling)
     attention_scaling = 1.0
     if kind == "linear":
         inv_freq = inv_freq / scaling["factor"]
     elif kind == "llama3":
         inv_freq = _llama3_frequencies(inv_freq, scaling)
     elif kind in ("su", "longrope"):
-        original = config.original_max_position_embeddings or scaling["original_max_position_embeddings"]
+        original = _original_max_positions(config)
         factors = scaling["long_factor"] if long_context else scaling["short_factor"]
         inv_freq = inv_freq / np.asarray(factors, dtype=np.float64)
+        # Official Phi-3: from the ratio of the context lengths (rope_scaling["factor"] is not read).
         factor = config.max_position_embeddings / original
         if factor > 1.0:
             attention_scaling = math.sqrt(1 + math.log(factor) / math.log(original))
-    elif kind not in ("default", "dynamic"):
-        raise ValueError(f"rope_scaling type {kind!r} is not supported")
     return inv_freq, attention_scaling
+
+
+def _original_max_positions(config):
+    return config.original_max_position_embeddings or (config.rope_scaling or {}).get(
+        "original_max_position_embeddings", 0)
 
 
 def _llama3_frequencies(inv_freq, scaling):
@@ -151,21 +157,24 @@ def _llama3_frequencies(inv_freq, scaling):
 
 
 class RotaryEmbedding:
-    """cos/sin tables, grown on demand.
+    """cos/sin tables, rebuilt when a call needs other frequencies or more positions.
 
-    Dynamic NTK follows the official InternLM2/Llama code: the table is built for
-    the longest sequence seen so far (at least `max_position_embeddings`); a call
-    longer than that recomputes the base for its length, and the grown table is
-    kept for later, shorter calls. Phi-3 longrope picks short or long factors by
-    the sequence length of each call.
+    The two length-dependent scalings follow the official code call by call:
+      * dynamic NTK (InternLM2; Llama in transformers 4.37): a call whose total length
+        (cached plus new tokens) exceeds max_position_embeddings and every earlier call
+        rebuilds the table with the base recomputed for that length. The grown table is
+        kept for all later calls, shorter ones and new prompts included, and cached keys
+        keep the rotation they were stored with, so decoding past the limit re-bases at
+        every step.
+      * su/longrope (Phi-3): each call takes the long factors when its largest position
+        id + 1 exceeds original_max_position_embeddings, else the short ones (the total
+        length would differ from that under left padding).
     """
 
     def __init__(self, config):
         self.config = config
-        scaling = config.rope_scaling or {}
-        self.kind = scaling.get("rope_type", scaling.get("type", "default"))
-        self.original_max = config.original_max_position_embeddings or scaling.get(
-            "original_max_position_embeddings", 0)
+        self.kind = rope_type(config.rope_scaling)
+        self.original_max = _original_max_positions(config)
         self.longest_seen = config.max_position_embeddings
         self.long_context = False
         self.cos = self.sin = None
@@ -192,9 +201,10 @@ class RotaryEmbedding:
         stale = self.cos is None or seq_len > self.cos.shape[0]
         if self.kind == "dynamic" and seq_len > self.longest_seen:
             self.longest_seen, stale = seq_len, True
-        long_context = self.kind in ("su", "longrope") and seq_len > self.original_max
-        if long_context != self.long_context:
-            self.long_context, stale = long_context, True
+        if self.kind in ("su", "longrope"):
+            long_context = int(position_ids.max()) + 1 > self.original_max
+            if long_context != self.long_context:
+                self.long_context, stale = long_context, True
         if stale:
             self._build(max(seq_len, 2048))
         cos = F.embedding(position_ids, self.cos)
@@ -215,12 +225,17 @@ def apply_rotary(x, cos, sin):
 
 # --- attention ------------------------------------------------------------------
 class KVCache:
-    """Preallocated keys/values for every layer: decoding writes in place, never re-runs the prompt."""
+    """Preallocated keys/values for every layer: decoding writes in place, never re-runs the prompt.
+
+    A layer's buffers are allocated when it first stores keys, on that layer's device
+    (with a device map the layers sit on several GPUs).
+    """
 
     def __init__(self, config, batch_size, max_length, dtype):
-        shape = [batch_size, config.num_key_value_heads, max_length, config.head_dim]
-        self.keys = [paddle.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
-        self.values = [paddle.zeros(shape, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.shape = [batch_size, config.num_key_value_heads, max_length, config.head_dim]
+        self.dtype = dtype
+        self.keys = [None] * config.num_hidden_layers
+        self.values = [None] * config.num_hidden_layers
         self.max_length = max_length
         self.length = 0
 
@@ -229,9 +244,20 @@ class KVCache:
         start, end = self.length, self.length + key.shape[2]
         if end > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} tokens; {end} were requested")
+        if self.keys[layer] is None:
+            self.keys[layer] = paddle.zeros(self.shape, dtype=self.dtype, device=key.place)
+            self.values[layer] = paddle.zeros(self.shape, dtype=self.dtype, device=value.place)
         self.keys[layer][:, :, start:end] = key
         self.values[layer][:, :, start:end] = value
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def reorder(self, rows):
+        """Make row i a copy of row rows[i] (beam search: each beam takes over its parent's history)."""
+        self.shape[0] = rows.shape[0]
+        for buffers in (self.keys, self.values):
+            for layer, tensor in enumerate(buffers):
+                if tensor is not None:
+                    buffers[layer] = paddle.gather(tensor, rows.to(tensor.place), axis=0)
 
 
 def attention(query, key, value, mask):
@@ -301,8 +327,10 @@ class DecoderLayer(nn.Layer):
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-def build_attention_mask(attention_mask, query_length, past_length, sliding_window=None):
+def build_attention_mask(attention_mask, query_length, past_length, window=None):
     """Boolean [B, 1, T, S] mask: causal, offset by the cached length, and padding-aware.
+
+    `window` limits each query to that many keys (itself included).
 
     Aligning the causal triangle bottom-right (query i sits at position
     past_length + i) is what makes KV-cache decoding equal a full forward.
@@ -311,8 +339,8 @@ def build_attention_mask(attention_mask, query_length, past_length, sliding_wind
     key_pos = paddle.arange(total).unsqueeze(0)
     query_pos = (paddle.arange(query_length) + past_length).unsqueeze(1)
     allowed = key_pos <= query_pos
-    if sliding_window:
-        allowed = allowed & (key_pos > query_pos - sliding_window)
+    if window:
+        allowed = allowed & (key_pos > query_pos - window)
     allowed = allowed.unsqueeze(0).unsqueeze(0)
     if attention_mask is not None:
         allowed = allowed & attention_mask[:, :total].astype("bool").unsqueeze(1).unsqueeze(1)
@@ -329,7 +357,7 @@ def default_position_ids(attention_mask, past_length, query_length):
 
 
 class LanguageModel(nn.Layer):
-    """Embeddings, decoder stack, final norm and an untied LM head."""
+    """Embeddings, decoder stack, final norm and an LM head."""
 
     def __init__(self, config):
         super().__init__()
@@ -339,9 +367,24 @@ class LanguageModel(nn.Layer):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
         self.rotary = RotaryEmbedding(config)
+        # Set by `place_layers` for multi-GPU inference; None keeps everything on one device.
+        self.layer_devices = None
+        self.head_device = None
+        # Training only: recompute each layer's activations in backward (fine-tuning sets it).
+        self.gradient_checkpointing = False
 
     def get_input_embeddings(self):
         return self.embed_tokens
+
+    def place_layers(self, layer_devices, head_device):
+        """Run decoder layer i on `layer_devices[i]`, then the final norm and LM head on `head_device`.
+
+        The parameters must already sit there (see device_map.py); forward moves the
+        activations from device to device.
+        """
+        if len(layer_devices) != len(self.layers):
+            raise ValueError(f"{len(layer_devices)} layer devices for {len(self.layers)} layers")
+        self.layer_devices, self.head_device = list(layer_devices), head_device
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, last_logits_only=False):
         """Logits [B, T, V] (or [B, 1, V] with last_logits_only) for `inputs_embeds` [B, T, C].
@@ -353,12 +396,29 @@ class LanguageModel(nn.Layer):
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past, length)
         cos, sin = self.rotary(position_ids, past + length, inputs_embeds.dtype)
-        mask = build_attention_mask(attention_mask, length, past, self.config.sliding_window)
+        mask = build_attention_mask(attention_mask, length, past, self.config.attention_window)
         hidden = inputs_embeds
-        for index, layer in enumerate(self.layers):
-            hidden = layer(hidden, cos, sin, mask, cache, index)
+        if self.layer_devices is None:
+            for index, layer in enumerate(self.layers):
+                if self.gradient_checkpointing and self.training and cache is None:
+                    # Non-reentrant: adapters get gradients even when the input needs none (frozen embeddings).
+                    hidden = recompute(layer, hidden, cos, sin, mask, use_reentrant=False)
+                else:
+                    hidden = layer(hidden, cos, sin, mask, cache, index)
+        else:
+            hidden = self._run_placed_layers(hidden, cos, sin, mask, cache)
         if cache is not None:
             cache.length += length
         if last_logits_only:
             hidden = hidden[:, -1:]
         return self.lm_head(self.norm(hidden))
+
+    def _run_placed_layers(self, hidden, cos, sin, mask, cache):
+        """The decoder stack across devices: the activations follow the layers, like accelerate's hooks."""
+        current = None
+        for index, (layer, device) in enumerate(zip(self.layers, self.layer_devices)):
+            if device != current:
+                hidden, cos, sin, mask = (t.to(device) for t in (hidden, cos, sin, mask))
+                current = device
+            hidden = layer(hidden, cos, sin, mask, cache, index)
+        return hidden.to(self.head_device)
