@@ -10,7 +10,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["paddlemix", "paddlemix.*"]),
-    package_data={"paddlemix": ["demo_images/*"]},
+    package_data={"paddlemix": ["demo_images/*", "examples/internvl2/*.md", "examples/internvl2/eval/*.sh",
+                                "examples/internvl2/eval/*.md"]},
     include_package_data=True,
     install_requires=[
         # paddlepaddle itself is not listed: CPU, GPU and NPU users install
@@ -31,6 +32,10 @@ setup(
     extras_require={
         "cpu": ["paddlepaddle>=3.0"],
         "video": ["decord>=0.6; platform_machine=='x86_64'"],
-        "test": ["pytest>=7", "paddlepaddle>=3.0", "decord>=0.6; platform_machine=='x86_64'"],
+        # MMBench submissions are .xlsx, as the official server expects.
+        "eval": ["openpyxl>=3.1", "pandas"],
+        # nbclient + ipykernel execute the quick-start notebook in the tests.
+        "test": ["pytest>=7", "paddlepaddle>=3.0", "decord>=0.6; platform_machine=='x86_64'", "openpyxl>=3.1",
+                 "pandas", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
 )

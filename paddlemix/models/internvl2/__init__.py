@@ -1,7 +1,11 @@
 """InternVL2 in PaddlePaddle: `from paddlemix.models.internvl2 import InternVLChatModel, load_tokenizer, load_image`."""
 from .config import ConfigError, InternVLChatConfig
+from .generation import GenerationError
 from .modeling import InternVLChatModel, PromptError
-from .processing import load_image
+from .processing import ImageLoadError, VideoLoadError, load_image, load_video
+from .streaming import TextIteratorStreamer, TextStreamer
 from .tokenizer import load_tokenizer
 
-__all__ = ["ConfigError", "InternVLChatConfig", "InternVLChatModel", "PromptError", "load_image", "load_tokenizer"]
+__all__ = ["ConfigError", "GenerationError", "ImageLoadError", "InternVLChatConfig", "InternVLChatModel",
+           "PromptError", "TextIteratorStreamer", "TextStreamer", "VideoLoadError", "load_image", "load_tokenizer",
+           "load_video"]

@@ -12,9 +12,10 @@ import paddle.nn.functional as F
 from paddle import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, open_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, open_checkpoint, original_layout, save_checkpoint, to_bf16_bits
 from .config import InternVLChatConfig
 from .conversation import get_conv_template
+from .device_map import language_model_placement, module_device, resolve_device_map
 from .generation import generate as generate_tokens
 from .hub import resolve_model_dir
 from .llm import LanguageModel, checkpoint_names, fuse_checkpoint_parts, split_checkpoint_parts
@@ -54,7 +55,9 @@ class InternVLChatModel(nn.Layer):
         super().__init__()
         self.config = config
         self.template = config.template
-        self.system_message = get_conv_template(config.template).system_message
+        # The model card's streaming loop reads `model.conv_template.sep`.
+        self.conv_template = get_conv_template(config.template)
+        self.system_message = self.conv_template.system_message
         self.num_image_token = config.num_image_token
         self.select_layer = config.select_layer
         self.downsample_ratio = config.downsample_ratio
@@ -115,8 +118,13 @@ class InternVLChatModel(nn.Layer):
     @paddle.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, visual_features=None,
                  generation_config=None, **generate_kwargs):
-        """New token ids [B, n]; like the official code, the prompt is passed to the LLM as embeddings."""
+        """New token ids [B, n]; like the official code, the prompt is passed to the LLM as embeddings.
+
+        Settings are those of generation.GenerationConfig plus `streamer`. Without `eos_token_id` it
+        stops at the LLM config's eos, as transformers does; chat() passes the template separator instead.
+        """
         settings = dict(generation_config or {}, **generate_kwargs)
+        settings.setdefault("eos_token_id", self.config.llm.eos_token_id)
         input_ids = _as_tensor(input_ids).astype("int64")
         vit_embeds = None
         if pixel_values is not None:
@@ -137,6 +145,10 @@ class InternVLChatModel(nn.Layer):
         if prompt_len + (max_new_tokens or 0) > limit:
             raise PromptError(f"the prompt has {prompt_len} tokens and {max_new_tokens} new tokens were asked for, "
                               f"more than the model's context of {limit}; use fewer tiles (max_num) or a shorter text")
+
+    def get_hardware_flops(self):
+        """paddleformers' Trainer asks any model with a `config` for this when logging; not estimated here."""
+        raise NotImplementedError
 
     # --- chat -------------------------------------------------------------------
     def _image_tokens(self, num_patches):
@@ -159,6 +171,14 @@ class InternVLChatModel(nn.Layer):
     def chat(self, tokenizer, pixel_values, question, generation_config, history=None, return_history=False,
              num_patches_list=None, IMG_START_TOKEN="<img>", IMG_END_TOKEN="</img>",
              IMG_CONTEXT_TOKEN="<IMG_CONTEXT>", verbose=False):
+        """One answer (and the updated history with return_history), as the official chat().
+
+        Several images or video frames: concatenate their tiles in pixel_values, give each one's tile
+        count in num_patches_list and put one <image> per entry in the question ("Frame1: <image>\n...").
+        As in the official code, generation stops at the template separator only (its id replaces any
+        eos_token_id in generation_config) and the answer is cut there. A `streamer` in
+        generation_config receives the answer's tokens as they are generated.
+        """
         if history is None and pixel_values is not None and "<image>" not in question:
             question = "<image>\n" + question
         if num_patches_list is None:
@@ -192,15 +212,23 @@ class InternVLChatModel(nn.Layer):
     def batch_chat(self, tokenizer, pixel_values, questions, generation_config, num_patches_list=None,
                    history=None, return_history=False, IMG_START_TOKEN="<img>", IMG_END_TOKEN="</img>",
                    IMG_CONTEXT_TOKEN="<IMG_CONTEXT>", verbose=False, image_counts=None):
+        """One answer per question, generated together: left padding, with a mask and positions that
+        make each answer equal to its chat() answer. Each question has one image (num_patches_list
+        entry) or, with pixel_values None, none."""
         if history is not None or return_history:
             raise NotImplementedError("multi-turn chat is not supported in batch_chat; use chat() with history")
         if image_counts is not None:
             logger.warning("`image_counts` is deprecated; use `num_patches_list`")
             num_patches_list = image_counts
         if num_patches_list is None:
-            raise ValueError("batch_chat needs num_patches_list: the number of tiles of each question's image")
+            if pixel_values is not None:
+                raise ValueError("batch_chat needs num_patches_list: the number of tiles of each question's image")
+            num_patches_list = [0] * len(questions)
         if len(num_patches_list) != len(questions):
             raise PromptError(f"{len(questions)} questions but {len(num_patches_list)} num_patches_list entries")
+        if pixel_values is not None and pixel_values.shape[0] != sum(num_patches_list):
+            raise PromptError(f"num_patches_list sums to {sum(num_patches_list)} tiles but pixel_values has "
+                              f"{pixel_values.shape[0]}")
         self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
         queries = []
         for question, num_patches in zip(questions, num_patches_list):
@@ -226,17 +254,32 @@ class InternVLChatModel(nn.Layer):
         for name, param in self.named_parameters():
             if name.startswith("language_model."):
                 inner = name[len("language_model."):]
-                keys = ["language_model." + key for key in checkpoint_names(self.config.llm, inner)]
+                if inner == "lm_head.weight" and self.config.llm.tie_word_embeddings:
+                    inner = "embed_tokens.weight"  # a tied head is the (transposed) embedding table
+                keys = self._language_model_keys(inner)
             else:
                 keys = [name]
             yield name, param, keys, name in linear_weights
 
-    def load_checkpoint(self, checkpoint, dtype="float32"):
-        """Copy every tensor from an open HF-layout checkpoint, transposing Linear weights to [in, out]."""
+    def _language_model_keys(self, inner_name):
+        return ["language_model." + key for key in checkpoint_names(self.config.llm, inner_name)]
+
+    def load_checkpoint(self, checkpoint, dtype="float32", device_map=None):
+        """Copy every tensor from an open checkpoint, transposing Linear weights to [in, out].
+
+        The checkpoint is in the original HF layout or in PaddleMIX's (see checkpoint.py).
+        With a `device_map` ({module: device}, see device_map.py) each parameter is created
+        on its module's device and the decoder layers run where they sit.
+        """
+        checkpoint = original_layout(checkpoint)
+        placement = language_model_placement(self.config.llm, device_map) if device_map else None
         entries = list(self._checkpoint_entries())
         available = set(checkpoint.keys())
         missing = [key for _, _, keys, _ in entries for key in keys if key not in available]
         used = {key for _, _, keys, _ in entries for key in keys}
+        if self.config.llm.tie_word_embeddings:
+            # Tied checkpoints may store the head as well; as in transformers, the embeddings win.
+            used.update(self._language_model_keys("lm_head.weight"))
         unexpected = [key for key in sorted(available - used) if not key.endswith(IGNORED_CHECKPOINT_SUFFIXES)]
         if missing or unexpected:
             raise CheckpointError(_describe_key_mismatch(missing, unexpected))
@@ -251,12 +294,17 @@ class InternVLChatModel(nn.Layer):
             if tuple(array.shape) != tuple(param.shape):
                 raise CheckpointError(f"checkpoint tensor(s) {keys} have shape {tuple(array.shape)} after mapping, "
                                       f"but the model built from config.json expects {tuple(param.shape)}")
-            param.set_value(paddle.to_tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(dtype))
+            place = module_device(keys[0], device_map) if device_map else None
+            param.set_value(paddle.to_tensor(np.ascontiguousarray(array, dtype=np.float32), place=place).astype(dtype))
             del parts, array
+        if placement:
+            self.language_model.place_layers(*placement)
 
     def state_for_checkpoint(self):
         """(checkpoint name, numpy array in HF layout) pairs, one parameter at a time."""
         for name, param, keys, is_linear in self._checkpoint_entries():
+            if name == "language_model.lm_head.weight" and self.config.llm.tie_word_embeddings:
+                continue  # saved once, as the embeddings
             array = param.astype("float32").numpy()
             if is_linear:
                 array = np.ascontiguousarray(array.T)
@@ -267,11 +315,16 @@ class InternVLChatModel(nn.Layer):
             yield from zip(keys, parts)
 
     @classmethod
-    def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None):
-        """Load an original Hugging Face InternVL checkpoint (local dir or hub id) directly."""
+    def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None, device_map=None):
+        """Load an InternVL checkpoint (local dir or hub id) in the original HF or the PaddleMIX layout.
+
+        `device_map` spreads a large model over several GPUs: "auto" for the official
+        split over all visible GPUs, or {module name: GPU index} (see device_map.py).
+        """
         model_dir = resolve_model_dir(path_or_id, download_source, revision)
         config = InternVLChatConfig.from_pretrained(model_dir)
         dtype = resolve_dtype(dtype)
+        device_map = resolve_device_map(device_map, config.llm.num_hidden_layers)
         previous = paddle.get_default_dtype()
         paddle.set_default_dtype(dtype)
         try:
@@ -282,7 +335,7 @@ class InternVLChatModel(nn.Layer):
         finally:
             paddle.set_default_dtype(previous)
         with open_checkpoint(model_dir) as checkpoint:
-            model.load_checkpoint(checkpoint, dtype)
+            model.load_checkpoint(checkpoint, dtype, device_map)
         model.name_or_path, model.model_dir = str(path_or_id), model_dir
         model.eval()
         return model
@@ -294,6 +347,22 @@ class InternVLChatModel(nn.Layer):
         self.config.save(save_dir)
 
 
+def transpose_2d(array, block=256):
+    """array.T as a new contiguous array, copied in row blocks: ~7x faster than numpy's
+    one-shot transpose for large [out, in] matrices, which dominated load time."""
+    out = np.empty((array.shape[1], array.shape[0]), dtype=array.dtype)
+    for start in range(0, array.shape[0], block):
+        out[:, start:start + block] = array[start:start + block].T
+    return out
+
+
+def _as_param_dtype(array, dtype):
+    """A numpy array Paddle copies straight into a parameter of `dtype` (bf16 as uint16 bit patterns)."""
+    if dtype == "bfloat16":
+        return to_bf16_bits(array)
+    return np.ascontiguousarray(array, dtype=np.float16 if dtype == "float16" else np.float32)
+
+
 def _as_tensor(value):
     return value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
 
@@ -302,15 +371,19 @@ def causal_lm_loss(logits, labels, ignore_index=-100):
     """Mean next-token cross entropy over the positions whose label is not ignore_index.
 
     The masked mean is spelled out rather than left to `reduction="mean"`, whose
-    handling of ignored positions differs between device backends.
+    handling of ignored positions differs between device backends. Only the rows
+    that have a target go through the softmax, and the logits are not sliced: the
+    backward of a strided [B, T, vocab] slice took seconds per step on CPU.
     """
-    vocab = logits.shape[-1]
-    shift_logits = logits[:, :-1].reshape([-1, vocab]).astype("float32")
-    shift_labels = labels[:, 1:].reshape([-1])
-    keep = (shift_labels != ignore_index).astype("float32")
-    safe_labels = paddle.where(shift_labels == ignore_index, paddle.zeros_like(shift_labels), shift_labels)
-    per_token = F.cross_entropy(shift_logits, safe_labels.unsqueeze(-1), reduction="none").reshape([-1])
-    return (per_token * keep).sum() / keep.sum().clip(min=1.0)
+    batch, _, vocab = logits.shape
+    padding = paddle.full([batch, 1], ignore_index, dtype=labels.dtype)
+    targets = paddle.concat([labels[:, 1:], padding], axis=1).reshape([-1])  # position t predicts token t + 1
+    rows = paddle.nonzero(targets != ignore_index).reshape([-1])
+    if rows.shape[0] == 0:
+        return logits.sum().astype("float32") * 0.0  # nothing to learn; keeps the graph connected
+    picked = paddle.gather(logits.reshape([-1, vocab]), rows).astype("float32")
+    per_token = F.cross_entropy(picked, paddle.gather(targets, rows).unsqueeze(-1), reduction="none")
+    return per_token.sum() / rows.shape[0]
 
 
 def _describe_key_mismatch(missing, unexpected, limit=10):

@@ -1,14 +1,15 @@
-"""Image preprocessing for InternVL2: dynamic high-resolution tiling and ImageNet normalisation.
+"""Image and video preprocessing for InternVL2: dynamic high-resolution tiling and ImageNet normalisation.
 
 This mirrors the preprocessing published on the InternVL2 model cards
 (``build_transform``, ``find_closest_aspect_ratio``, ``dynamic_preprocess``,
-``load_image``) so that the Paddle model sees exactly the pixels the original
-PyTorch model was trained and evaluated on, without needing torch or torchvision.
+``load_image``, ``get_index``, ``load_video``) so that the Paddle model sees exactly
+the pixels the original PyTorch model was trained and evaluated on, without
+needing torch or torchvision.
 """
 
 import logging
 import os
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -165,3 +166,154 @@ def load_image(image_file: ImageInput, input_size: int = 448, max_num: int = 12)
     import paddle  # imported here so the numpy path above works without paddle
 
     return paddle.to_tensor(image_to_pixel_values(image_file, input_size=input_size, max_num=max_num))
+
+
+# --- video ---------------------------------------------------------------------------
+VIDEO_BACKENDS = ("decord", "opencv")
+
+
+class VideoLoadError(ValueError):
+    """A video the user gave cannot be read, or a time bound lies outside it."""
+
+
+def get_index(bound, fps, max_frame, first_idx=0, num_segments=32):
+    """The model card's frame choice: the middle of each of ``num_segments`` equal segments.
+
+    The segments split ``[start, end]`` (``bound`` in seconds, else the whole video)
+    converted to frame numbers with Python's ``round`` and clipped to
+    ``[first_idx, max_frame]`` (``max_frame`` is the last frame's index, not the
+    count). With more segments than frames, frames repeat, as in the official code.
+    """
+    start, end = bound if bound else (-100000, 100000)
+    start_idx = max(first_idx, round(start * fps))
+    end_idx = min(round(end * fps), max_frame)
+    seg_size = float(end_idx - start_idx) / num_segments
+    offsets = np.round(seg_size * np.arange(num_segments))
+    return (start_idx + seg_size / 2 + offsets).astype(np.int64)
+
+
+def _frame_chooser(path, bound, num_segments):
+    """(num_frames, fps) -> frame indices, refusing a video without frames or a bound outside it."""
+
+    def choose(num_frames, fps):
+        if num_frames < 1:
+            raise VideoLoadError(f"cannot read video '{path}': it contains no video frames")
+        if not fps > 0:
+            raise VideoLoadError(f"cannot read video '{path}': it reports no frame rate")
+        if bound:
+            start, end = bound
+            if end < start:
+                raise VideoLoadError(f"cannot read video '{path}': bound ({start:g}, {end:g}) s ends before it starts")
+            duration = num_frames / fps
+            first, last = max(0, round(start * fps)), min(round(end * fps), num_frames - 1)
+            if first > last:
+                raise VideoLoadError(f"cannot read video '{path}': bound ({start:g}, {end:g}) s is outside the video "
+                                     f"(0 to {duration:.2f} s)")
+        return get_index(bound, fps, num_frames - 1, first_idx=0, num_segments=num_segments)
+
+    return choose
+
+
+def _decord_frames(path, choose):
+    """RGB frames read by decord, one seek per frame as in the model card."""
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    except (RuntimeError, decord.DECORDError) as error:
+        raise VideoLoadError(f"cannot read video '{path}': not a readable video file ({error})") from error
+    indices = choose(len(reader), float(reader.get_avg_fps()))
+    try:
+        return [reader[int(index)].asnumpy() for index in indices]
+    except (RuntimeError, IndexError, decord.DECORDError) as error:
+        raise VideoLoadError(f"cannot read video '{path}': decoding failed ({error})") from error
+
+
+def _opencv_frames(path, choose):
+    """RGB frames read by OpenCV, for platforms without a decord wheel.
+
+    The same metadata (frame count, average fps) picks the same frames as decord.
+    Frames are decoded in order rather than seeked to, because OpenCV's seeking
+    is not frame-exact for every codec; a file that ends before the frame count
+    it declares is an error, never a silent shift.
+    """
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened():
+            raise VideoLoadError(f"cannot read video '{path}': not a readable video file")
+        indices = choose(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), float(capture.get(cv2.CAP_PROP_FPS)))
+        wanted, frames = set(int(i) for i in indices), {}
+        for index in range(max(wanted) + 1):
+            if not capture.grab():
+                raise VideoLoadError(f"cannot read video '{path}': only {index} of its frames could be decoded")
+            if index in wanted:
+                ok, bgr = capture.retrieve()
+                if not ok:
+                    raise VideoLoadError(f"cannot read video '{path}': frame {index} could not be decoded")
+                frames[index] = np.ascontiguousarray(bgr[:, :, ::-1])
+        return [frames[int(index)] for index in indices]
+    finally:
+        capture.release()
+
+
+def _pick_backend(backend):
+    if backend is not None:
+        if backend not in VIDEO_BACKENDS:
+            raise ValueError(f"unknown video backend {backend!r}; choose one of {', '.join(VIDEO_BACKENDS)}")
+        return backend
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        logger.info("decord is not installed; reading videos with OpenCV")
+        return "opencv"
+    return "decord"
+
+
+def read_video_frames(video_path, bound=None, num_segments=32, backend: Optional[str] = None) -> List[np.ndarray]:
+    """The model card's ``num_segments`` frames of a video as RGB ``uint8`` ``[H, W, 3]`` arrays.
+
+    ``backend`` is "decord" (the model card's reader, the default when installed) or "opencv".
+    """
+    if not isinstance(num_segments, int) or num_segments < 1:
+        raise ValueError(f"num_segments must be a positive integer, got {num_segments!r}")
+    path = os.fspath(video_path)
+    if not os.path.exists(path):
+        raise VideoLoadError(f"cannot read video '{path}': file not found")
+    if os.path.isdir(path):
+        raise VideoLoadError(f"cannot read video '{path}': it is a directory, not a file")
+    if os.path.getsize(path) == 0:
+        raise VideoLoadError(f"cannot read video '{path}': the file is empty")
+    read = _decord_frames if _pick_backend(backend) == "decord" else _opencv_frames
+    return read(path, _frame_chooser(path, bound, num_segments))
+
+
+def video_to_pixel_values(video_path, bound=None, input_size: int = 448, max_num: int = 1, num_segments: int = 32,
+                          backend: Optional[str] = None) -> Tuple[np.ndarray, List[int]]:
+    """The numpy twin of ``load_video``: float32 ``[tiles, 3, input_size, input_size]`` and tiles per frame."""
+    if max_num < 1:
+        raise ValueError(f"max_num must be at least 1, got {max_num}")
+    transform = build_transform(input_size)
+    pixel_values, num_patches_list = [], []
+    for frame in read_video_frames(video_path, bound, num_segments, backend):
+        tiles = dynamic_preprocess(Image.fromarray(frame), image_size=input_size, use_thumbnail=True, max_num=max_num)
+        pixel_values.extend(transform(tile) for tile in tiles)
+        num_patches_list.append(len(tiles))
+    return np.stack(pixel_values), num_patches_list
+
+
+def load_video(video_path, bound=None, input_size: int = 448, max_num: int = 1, num_segments: int = 32,
+               backend: Optional[str] = None):
+    """Model-card ``load_video``: ``(pixel_values, num_patches_list)`` for ``num_segments`` frames.
+
+    ``pixel_values`` is a float32 ``paddle.Tensor`` ``[tiles, 3, input_size, input_size]``,
+    each frame tiled like an image with up to ``max_num`` tiles; ``bound`` is
+    ``(start, end)`` in seconds. Ask about it with one ``<image>`` per frame:
+    ``"".join(f"Frame{i + 1}: <image>\\n" for i in range(len(num_patches_list))) + question``.
+    """
+    import paddle
+
+    pixel_values, num_patches_list = video_to_pixel_values(video_path, bound, input_size, max_num, num_segments,
+                                                           backend)
+    return paddle.to_tensor(pixel_values), num_patches_list

@@ -128,7 +128,8 @@ class VisionEncoder(nn.Layer):
         hidden_states = [x] if output_hidden_states else None
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                x = recompute(layer, x)
+                # Non-reentrant: LoRA adapters get gradients even when the input needs none (frozen embeddings).
+                x = recompute(layer, x, use_reentrant=False)
             else:
                 x = layer(x)
             if output_hidden_states:
