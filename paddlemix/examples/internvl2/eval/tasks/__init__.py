@@ -1,0 +1,29 @@
+"""The benchmarks ``evaluate.sh`` knows, by the dataset names of the official ``evaluate.sh``."""
+from .base import Item, Task, check_visuals
+from .mmbench import FILES as MMBENCH_FILES
+from .mmbench import MMBenchTask
+from .mme import MMETask
+from .mvbench import MVBenchTask
+from .pope import POPETask
+from .scienceqa import ScienceQATask
+from .vqa import SPECS as VQA_SPECS
+from .vqa import VQATask
+
+DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench")
+
+
+def build_task(name: str, root: str, num_segments: int = 16) -> Task:
+    """The task for an official dataset name; ValueError naming the valid ones otherwise."""
+    if name in VQA_SPECS:
+        return VQATask(name, root)
+    if name in MMBENCH_FILES:
+        return MMBenchTask(name, root)
+    simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask}
+    if name in simple:
+        return simple[name](root)
+    if name == "mvbench":
+        return MVBenchTask(root, num_segments)
+    raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+
+
+__all__ = ["DATASETS", "Item", "Task", "build_task", "check_visuals"]
