@@ -3,35 +3,13 @@ import numpy as np
 import paddle
 import pytest
 
-from paddlemix.models.internvl2 import InternVLChatModel, PromptError, load_tokenizer
+from paddlemix.models.internvl2 import PromptError
 from paddlemix.models.internvl2.generation import GenerationError
-from reference import load_tool, require_asset
+from conftest import random_pixels as pixels
 from test_tokenizer import hf_reference
 
 GREEDY = dict(max_new_tokens=6, do_sample=False)
 SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = require_asset("tokenizers", "internvl2-1b")
-    out = tmp_path_factory.mktemp("tiny-chat")
-    load_tool("make_tiny_checkpoint").make_tiny_checkpoint(str(folder / "config.json"), str(folder), str(out), seed=7)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    return InternVLChatModel.from_pretrained(tiny)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny):
-    return load_tokenizer(tiny)
-
-
-def pixels(tiles, seed):
-    return paddle.to_tensor(np.random.RandomState(seed).standard_normal((tiles, 3, 448, 448)).astype(np.float32))
 
 
 class PromptRecorder:
@@ -50,7 +28,7 @@ def image_tokens(tiles):
     return "<img>" + "<IMG_CONTEXT>" * 256 * tiles + "</img>"
 
 
-def test_chat_builds_the_official_hermes2_prompts(model, tokenizer, tiny, monkeypatch):
+def test_chat_builds_the_official_hermes2_prompts(model, tokenizer, tiny_1b, monkeypatch):
     recorder = PromptRecorder(model)
     monkeypatch.setattr(model, "generate", recorder)
     one = pixels(3, 0)
@@ -69,7 +47,7 @@ def test_chat_builds_the_official_hermes2_prompts(model, tokenizer, tiny, monkey
         "<|im_end|><|im_start|>assistant\nIt is a red panda.<|im_end|><|im_start|>user\nWhere does it live?"
         "<|im_end|><|im_start|>assistant\n",
     ]
-    reference = hf_reference("auto", tiny, texts=expected, tokens=["<|im_end|>"])
+    reference = hf_reference("auto", tiny_1b, texts=expected, tokens=["<|im_end|>"])
     assert [p[0] for p in recorder.prompts] == reference["ids"]
     assert recorder.eos == reference["token_ids"][0]
 

@@ -9,7 +9,7 @@ import pytest
 from paddlemix.models.internvl2 import InternVLChatModel
 from paddlemix.models.internvl2.checkpoint import CheckpointError, open_checkpoint, save_checkpoint
 from paddlemix.models.internvl2.config import ConfigError
-from reference import ASSETS_DIR, load_tool, require_asset
+from reference import load_tool, require_asset
 
 make_tiny = load_tool("make_tiny_checkpoint").make_tiny_checkpoint
 FAMILY_ASSETS = {"qwen2-1b": "internvl2-1b", "internlm2-2b": "internvl2-2b"}

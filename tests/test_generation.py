@@ -1,4 +1,4 @@
-"""Generation against transformers' `generate` on the same tiny Qwen2 weights.
+"""Generation against transformers' `generate` on the same tiny_1b Qwen2 weights.
 
 The reference is called as InternVL calls it, from `inputs_embeds`, with
 transformers' GenerationConfig defaults for everything not set (length_penalty
@@ -14,29 +14,16 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from paddlemix.models.internvl2 import GenerationError, InternVLChatModel, load_tokenizer
-from reference import load_tool, require_asset, run_reference
+from reference import run_reference
 
 MAX_NEW = 12
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = require_asset("tokenizers", "internvl2-1b")
-    out = tmp_path_factory.mktemp("tiny-generation")
-    load_tool("make_tiny_checkpoint").make_tiny_checkpoint(str(folder / "config.json"), str(folder), str(out), seed=7)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    return InternVLChatModel.from_pretrained(tiny)
-
-
-@pytest.fixture(scope="module")
-def echo(tiny, tmp_path_factory):
-    """The tiny checkpoint with lm_head = 20 x embeddings: it keeps repeating a token, so penalties matter."""
-    out = tmp_path_factory.mktemp("tiny-echo")
-    shutil.copytree(tiny, out, dirs_exist_ok=True)
+def echo(tiny_1b, tmp_path_factory):
+    """The tiny_1b checkpoint with lm_head = 20 x embeddings: it keeps repeating a token, so penalties matter."""
+    out = tmp_path_factory.mktemp("tiny_1b-echo")
+    shutil.copytree(tiny_1b, out, dirs_exist_ok=True)
     weights = load_file(str(out / "model.safetensors"))
     weights["language_model.lm_head.weight"] = weights["language_model.model.embed_tokens.weight"] * np.float32(20)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -66,7 +53,7 @@ def compare_with_transformers(model, ckpt, settings, padded=True):
                                       err_msg=str(setting))
 
 
-def test_greedy_and_beam_search_equal_transformers(model, tiny):
+def test_greedy_and_beam_search_equal_transformers(model, tiny_1b):
     # End tokens that the beams really produce, so hypotheses finish early and eos lists are exercised.
     probe = ours(model, dict(max_new_tokens=MAX_NEW, num_beams=3))
     eos = [int(probe[0, 4]), int(probe[1, 7])]
@@ -81,7 +68,7 @@ def test_greedy_and_beam_search_equal_transformers(model, tiny):
     ]
     finished_early = ours(model, settings[3])
     assert finished_early.shape[1] < MAX_NEW and eos[0] in finished_early[0]
-    compare_with_transformers(model, tiny, settings)
+    compare_with_transformers(model, tiny_1b, settings)
 
 
 def test_repetition_penalty_equals_transformers(echo):
@@ -115,8 +102,8 @@ def test_sampling_with_a_seed_is_reproducible(model, num_beams):
     assert not np.array_equal(first, other)
 
 
-def test_batch_chat_with_beam_search_equals_chat(model, tiny):
-    tokenizer = load_tokenizer(tiny)
+def test_batch_chat_with_beam_search_equals_chat(model, tiny_1b):
+    tokenizer = load_tokenizer(tiny_1b)
     rng = np.random.RandomState(3)
     images = [paddle.to_tensor(rng.standard_normal((tiles, 3, 448, 448)).astype(np.float32)) for tiles in (1, 2)]
     questions = ["Describe it.", "What colour is the thing on the left of the picture?"]
@@ -125,8 +112,8 @@ def test_batch_chat_with_beam_search_equals_chat(model, tiny):
     assert batched == [model.chat(tokenizer, image, q, config) for image, q in zip(images, questions)]
 
 
-def test_text_only_batch_chat_equals_chat(model, tiny):
-    tokenizer = load_tokenizer(tiny)
+def test_text_only_batch_chat_equals_chat(model, tiny_1b):
+    tokenizer = load_tokenizer(tiny_1b)
     questions = ["Hello, who are you?", "Tell me a story about a red panda in the snow."]
     config = dict(max_new_tokens=6, do_sample=False)
     assert model.batch_chat(tokenizer, None, questions, config) == [

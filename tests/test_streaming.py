@@ -4,37 +4,14 @@ import subprocess
 from threading import Thread
 
 import numpy as np
-import paddle
 import pytest
 
-from paddlemix.models.internvl2 import (GenerationError, InternVLChatModel, TextIteratorStreamer, TextStreamer,
-                                        load_tokenizer)
-from reference import load_tool, require_asset, require_reference_python
+from paddlemix.models.internvl2 import GenerationError, TextIteratorStreamer, TextStreamer
+from conftest import random_pixels as pixels
+from reference import require_reference_python
 
 STREAM_TEXT = ("Hello world, this is  a test.\nSecond line: 你好，世界！ emoji 🐼🎋 end<|im_end|> tail \n\n"
                " done")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = require_asset("tokenizers", "internvl2-1b")
-    out = tmp_path_factory.mktemp("tiny-stream")
-    load_tool("make_tiny_checkpoint").make_tiny_checkpoint(str(folder / "config.json"), str(folder), str(out), seed=5)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
-    return InternVLChatModel.from_pretrained(tiny)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny):
-    return load_tokenizer(tiny)
-
-
-def pixels(tiles, seed):
-    return paddle.to_tensor(np.random.RandomState(seed).standard_normal((tiles, 3, 448, 448)).astype(np.float32))
 
 
 def stream_like_the_model_card(model, tokenizer, pixel_values, question, max_new_tokens):
@@ -97,10 +74,10 @@ json.dump(list(streamer), sys.stdout)
 
 
 @pytest.mark.parametrize("skip_special_tokens", [True, False])
-def test_pieces_match_transformers_text_iterator_streamer(tokenizer, tiny, skip_special_tokens):
+def test_pieces_match_transformers_text_iterator_streamer(tokenizer, tiny_1b, skip_special_tokens):
     """Same words released at the same steps: spaces, newlines, CJK, emoji split over tokens, special tokens."""
     ids = tokenizer(STREAM_TEXT)["input_ids"]
-    request = {"path": tiny, "ids": ids, "skip_special_tokens": skip_special_tokens}
+    request = {"path": tiny_1b, "ids": ids, "skip_special_tokens": skip_special_tokens}
     run = subprocess.run([require_reference_python(), "-c", HF_STREAMER], input=json.dumps(request),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

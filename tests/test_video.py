@@ -7,7 +7,6 @@ YUV->RGB conversion may take different SIMD paths that can round differently by
 one level. On this machine they are identical (difference 0).
 """
 import numpy as np
-import paddle
 import pytest
 
 from paddlemix.models.internvl2 import InternVLChatModel, VideoLoadError, load_tokenizer, load_video
