@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# InternVL2-26B (InternViT-6B + internlm2-chat-20B): 2nd fine-tuning of the full LLM and mlp1 (ViT frozen).
+# Usage: [GPUS=..] [PER_DEVICE_BATCH_SIZE=..] [MODEL=..] [META_PATH=..] [OUTPUT_DIR=..] [DEVICE=npu] [DRY_RUN=1] \
+#        bash internvl2_26b_internlm2_20b_dynamic_res_2nd_finetune_full.sh [extra internvl_chat_finetune.py arguments]
+MODEL_NAME=InternVL2-26B
+CONV_STYLE=internlm2-chat
+MODE=full
+LEARNING_RATE=2e-5
+WEIGHT_DECAY=0.05
+DROP_PATH_RATE=0.4
+SHARDING=stage3
+DEFAULT_GPUS=8
+DEFAULT_PER_DEVICE_BATCH_SIZE=2
+SCRIPT_PATH="${BASH_SOURCE[0]}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# InternVL2-Llama3-76B (InternViT-6B + Hermes-2-Theta-Llama-3-70B): 2nd fine-tuning of the full LLM and mlp1 (ViT frozen).
+# Usage: [GPUS=..] [PER_DEVICE_BATCH_SIZE=..] [MODEL=..] [META_PATH=..] [OUTPUT_DIR=..] [DEVICE=npu] [DRY_RUN=1] \
+#        bash internvl2_76b_hermes2_llama3_70b_dynamic_res_2nd_finetune_full.sh [extra internvl_chat_finetune.py arguments]
+MODEL_NAME=InternVL2-Llama3-76B
+CONV_STYLE=internlm2-chat
+MODE=full
+LEARNING_RATE=2e-5
+WEIGHT_DECAY=0.05
+DROP_PATH_RATE=0.4
+SHARDING=stage3
+DEFAULT_GPUS=32
+DEFAULT_PER_DEVICE_BATCH_SIZE=1
+SCRIPT_PATH="${BASH_SOURCE[0]}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
