@@ -13,7 +13,7 @@ IMAGE ?= paddlemix/demo_images/examples_image1.jpg
 TEXT ?= Please describe this image in detail.
 PYTEST_ARGS ?=
 
-.PHONY: install install-test reference demo test clean
+.PHONY: install install-test reference browser demo test clean
 
 install: $(VENV)/.installed
 
@@ -39,11 +39,15 @@ $(REF_VENV)/.installed: requirements/reference.txt
 	$(REF_PY) -m pip install --quiet -r requirements/reference.txt
 	touch $@
 
+# Debian's chromium for the chat-page test (Playwright drives it; no browser is downloaded).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 demo: install
 	$(PY) paddlemix/examples/internvl2/chat_demo.py \
 		--model_name_or_path $(MODEL) --image_path $(IMAGE) --text "$(TEXT)"
 
-test: install-test reference
+test: install-test reference browser
 	PADDLEMIX_REF_PYTHON=$(CURDIR)/$(REF_PY) PADDLEMIX_REQUIRE_REF=1 \
 		$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["paddlemix", "paddlemix.*"]),
     package_data={"paddlemix": ["demo_images/*", "examples/internvl2/*.md", "examples/internvl2/eval/*.sh",
-                                "examples/internvl2/eval/*.md"]},
+                                "examples/internvl2/eval/*.md", "serve/static/*",
+                                "examples/internvl2/shell/internvl2.0/2nd_finetune/*.sh", "tools/*.md"]},
     include_package_data=True,
     install_requires=[
         # paddlepaddle itself is not listed: CPU, GPU and NPU users install
@@ -34,8 +35,12 @@ setup(
         "video": ["decord>=0.6; platform_machine=='x86_64'"],
         # MMBench submissions are .xlsx, as the official server expects.
         "eval": ["openpyxl>=3.1", "pandas"],
-        # nbclient + ipykernel execute the quick-start notebook in the tests.
+        # `python -m paddlemix.serve`: the OpenAI-compatible server and chat page.
+        "serve": ["fastapi>=0.115", "uvicorn>=0.30"],
+        # nbclient + ipykernel execute the quick-start notebook in the tests; openai and playwright
+        # (driving Debian's chromium, never a downloaded browser) test the server.
         "test": ["pytest>=7", "paddlepaddle>=3.0", "decord>=0.6; platform_machine=='x86_64'", "openpyxl>=3.1",
-                 "pandas", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+                 "pandas", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
+                 "fastapi>=0.115", "uvicorn>=0.30", "openai>=1.40", "playwright>=1.45"],
     },
 )

@@ -162,7 +162,8 @@ def _check_streamer(streamer, config, batch):
         return
     if config.num_beams > 1:
         raise GenerationError("a streamer cannot follow beam search (it streams one answer); use num_beams=1")
-    if batch != 1:
+    # A streamer that sets `follows_batches` takes each step's [batch] tokens (the server's does).
+    if batch != 1 and not getattr(streamer, "follows_batches", False):
         raise GenerationError(f"a streamer follows one answer, but {batch} prompts were given")
 
 
@@ -170,7 +171,8 @@ def _check_streamer(streamer, config, batch):
 def generate(language_model, inputs_embeds, attention_mask=None, streamer=None, **settings):
     """New token ids [B, n] for prompts given as embeddings [B, T, C] (left-padded when batched).
 
-    `streamer` (see streaming.py) receives the empty prompt ids, then each new token, then `end()`.
+    `streamer` (see streaming.py) receives the empty prompt ids, then each new token, then `end()`;
+    an exception it raises ends generation there (the server's streamer stops finished batches so).
     """
     config = GenerationConfig.from_kwargs(**settings)
     batch, prompt_len, _ = inputs_embeds.shape
