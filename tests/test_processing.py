@@ -26,7 +26,6 @@ the thumbnail rule, bicubic PIL resizing) is the same, and compared.
 """
 
 import json
-import os
 import random
 import subprocess
 from pathlib import Path
@@ -47,6 +46,7 @@ from paddlemix.models.internvl2.processing import (
     image_to_pixel_values,
     load_image,
 )
+from reference import require_reference_python
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = REPO / "paddlemix" / "demo_images"
@@ -82,13 +82,7 @@ json.dump(answer, sys.stdout)
 @pytest.fixture(scope="module")
 def reference_python():
     """Path of the reference venv's python, or skip (fail under PADDLEMIX_REQUIRE_REF=1) when absent."""
-    python = os.environ.get("PADDLEMIX_REF_PYTHON", str(REPO / ".venv-ref" / "bin" / "python"))
-    if not Path(python).exists():
-        reason = f"reference python {python} not found (run `make reference` or set PADDLEMIX_REF_PYTHON)"
-        if os.environ.get("PADDLEMIX_REQUIRE_REF") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return python
+    return require_reference_python()
 
 
 def run_reference(python, tiling=(), pixels=()):

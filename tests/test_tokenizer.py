@@ -19,6 +19,7 @@ from paddlemix.models.internvl2.tokenizer import (
     TokenizerFilesError,
     load_tokenizer,
 )
+from reference import require_reference_python
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZERS = REPO.parent / "shared" / "assets" / "tokenizers"
@@ -46,21 +47,11 @@ def require_dir(path):
     return path
 
 
-def reference_python():
-    python = os.environ.get("PADDLEMIX_REF_PYTHON", str(REPO / ".venv-ref" / "bin" / "python"))
-    if not Path(python).exists():
-        reason = f"reference python {python} not found (set PADDLEMIX_REF_PYTHON or run `make reference`)"
-        if os.environ.get("PADDLEMIX_REQUIRE_REF") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return python
-
-
 def hf_reference(kind, path, texts=(), tokens=(), **options):
     """Token ids from HF transformers in the reference venv (see hf_tokenizer_ref.py)."""
     request = {"kind": kind, "path": str(path), "texts": list(texts), "tokens": list(tokens), "options": options}
     run = subprocess.run(
-        [reference_python(), str(REF_SCRIPT)],
+        [require_reference_python(), str(REF_SCRIPT)],
         input=json.dumps(request),
         capture_output=True,
         text=True,
