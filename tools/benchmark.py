@@ -32,6 +32,9 @@ Method, the same on both sides:
   matrix, best of 5. A GEMV streams its matrix once, as decoding does, and reaches more of the
   bandwidth than a numpy sum or max, which are bound by arithmetic on one core.
 
+The table's header says how many cores other processes kept busy while the workers ran (from
+/proc/stat): on a 2-core machine any competitor skews the figures of either side badly.
+
 Paddle runs eagerly in fp32 on its CPU kernels (MKL sgemm for matmuls). In Paddle 3.3 neither
 FLAGS_use_mkldnn nor FLAGS_use_onednn changes which kernels eager mode picks, so there is no
 faster switch to turn on; transformers runs with SDPA attention, its fastest CPU path.
