@@ -13,7 +13,7 @@ from paddle import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, open_checkpoint, original_layout, save_checkpoint, to_bf16_bits
-from .config import InternVLChatConfig
+from .config import InternVLChatConfig, rope_type
 from .conversation import get_conv_template
 from .device_map import language_model_placement, module_device, resolve_device_map
 from .generation import generate as generate_tokens
@@ -126,6 +126,8 @@ class InternVLChatModel(nn.Layer):
         settings = dict(generation_config or {}, **generate_kwargs)
         settings.setdefault("eos_token_id", self.config.llm.eos_token_id)
         input_ids = _as_tensor(input_ids).astype("int64")
+        # Before the vision encoder runs: a prompt that cannot fit fails at once.
+        self._check_context(input_ids.shape[1], settings.get("max_new_tokens", 20))
         vit_embeds = None
         if pixel_values is not None:
             vit_embeds = visual_features if visual_features is not None else self.extract_feature(
@@ -133,15 +135,13 @@ class InternVLChatModel(nn.Layer):
         embeds = self._embed_with_images(input_ids, vit_embeds)
         if attention_mask is not None:
             attention_mask = _as_tensor(attention_mask)
-        self._check_context(input_ids.shape[1], settings.get("max_new_tokens", 20))
         return generate_tokens(self.language_model, embeds, attention_mask, **settings)
 
     def _check_context(self, prompt_len, max_new_tokens):
         llm = self.config.llm
-        scaling = llm.rope_scaling or {}
         limit = llm.max_position_embeddings
-        if scaling.get("type", scaling.get("rope_type")) in ("dynamic", "linear"):
-            limit = int(limit * scaling.get("factor", 1.0))
+        if rope_type(llm.rope_scaling) in ("dynamic", "linear"):
+            limit = int(limit * llm.rope_scaling.get("factor", 1.0))
         if prompt_len + (max_new_tokens or 0) > limit:
             raise PromptError(f"the prompt has {prompt_len} tokens and {max_new_tokens} new tokens were asked for, "
                               f"more than the model's context of {limit}; use fewer tiles (max_num) or a shorter text")
