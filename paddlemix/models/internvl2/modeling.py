@@ -5,6 +5,7 @@ official `modeling_internvl_chat.py`, so model-card code runs unchanged.
 """
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import paddle
@@ -12,7 +13,8 @@ import paddle.nn.functional as F
 from paddle import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, open_checkpoint, original_layout, save_checkpoint, to_bf16_bits
+from .checkpoint import (CheckpointError, as_float32, empty_float32, open_checkpoint, original_layout, save_checkpoint,
+                         widen_to_float32)
 from .config import InternVLChatConfig, rope_type
 from .conversation import get_conv_template
 from .device_map import language_model_placement, module_device, resolve_device_map
@@ -264,6 +266,17 @@ class InternVLChatModel(nn.Layer):
     def _language_model_keys(self, inner_name):
         return ["language_model." + key for key in checkpoint_names(self.config.llm, inner_name)]
 
+    def _fused_stored(self, checkpoint, name, keys):
+        """(array, safetensors dtype) of one parameter's checkpoint tensor(s), fused into the core layout."""
+        parts = [checkpoint.get_stored(key) for key in keys]
+        kinds = {kind for _, kind in parts}
+        if len(kinds) > 1:  # mixed storage dtypes: widen first, then fuse
+            parts, kinds = [(as_float32(*part), "F32") for part in parts], {"F32"}
+        arrays = [array for array, _ in parts]
+        if name.startswith("language_model."):
+            return fuse_checkpoint_parts(self.config.llm, name[len("language_model."):], arrays), kinds.pop()
+        return arrays[0], kinds.pop()
+
     def load_checkpoint(self, checkpoint, dtype="float32", device_map=None):
         """Copy every tensor from an open checkpoint, transposing Linear weights to [in, out].
 
@@ -283,20 +296,22 @@ class InternVLChatModel(nn.Layer):
         unexpected = [key for key in sorted(available - used) if not key.endswith(IGNORED_CHECKPOINT_SUFFIXES)]
         if missing or unexpected:
             raise CheckpointError(_describe_key_mismatch(missing, unexpected))
-        for name, param, keys, is_linear in tqdm(entries, desc="Loading weights", unit="tensor", leave=False):
-            parts = [checkpoint.get(key) for key in keys]
-            if name.startswith("language_model."):
-                array = fuse_checkpoint_parts(self.config.llm, name[len("language_model."):], parts)
-            else:
-                array = parts[0]
-            if is_linear:
-                array = array.T
-            if tuple(array.shape) != tuple(param.shape):
-                raise CheckpointError(f"checkpoint tensor(s) {keys} have shape {tuple(array.shape)} after mapping, "
-                                      f"but the model built from config.json expects {tuple(param.shape)}")
-            place = module_device(keys[0], device_map) if device_map else None
-            param.set_value(paddle.to_tensor(np.ascontiguousarray(array, dtype=np.float32), place=place).astype(dtype))
-            del parts, array
+        with ThreadPoolExecutor(max_workers=_load_threads()) as pool:
+            for name, param, keys, is_linear in tqdm(entries, desc="Loading weights", unit="tensor", leave=False):
+                stored, kind = self._fused_stored(checkpoint, name, keys)
+                shape = stored.shape[::-1] if is_linear else stored.shape
+                if tuple(shape) != tuple(param.shape):
+                    raise CheckpointError(f"checkpoint tensor(s) {keys} have shape {tuple(shape)} after mapping, "
+                                          f"but the model built from config.json expects {tuple(param.shape)}")
+                host = widen_to_float32(stored, kind, empty_float32(param.shape), transpose=is_linear, pool=pool)
+                del stored
+                place = module_device(keys[0], device_map) if device_map else None
+                if place is None and dtype == "float32" and paddle.get_device() == "cpu":
+                    # The parameter takes over the array's memory: no second copy of the model.
+                    paddle.utils.dlpack.from_dlpack(host)._share_buffer_to(param)
+                else:
+                    param.set_value(paddle.to_tensor(host, place=place).astype(dtype))
+                del host
         if placement:
             self.language_model.place_layers(*placement)
 
@@ -347,20 +362,12 @@ class InternVLChatModel(nn.Layer):
         self.config.save(save_dir)
 
 
-def transpose_2d(array, block=256):
-    """array.T as a new contiguous array, copied in row blocks: ~7x faster than numpy's
-    one-shot transpose for large [out, in] matrices, which dominated load time."""
-    out = np.empty((array.shape[1], array.shape[0]), dtype=array.dtype)
-    for start in range(0, array.shape[0], block):
-        out[:, start:start + block] = array[start:start + block].T
-    return out
-
-
-def _as_param_dtype(array, dtype):
-    """A numpy array Paddle copies straight into a parameter of `dtype` (bf16 as uint16 bit patterns)."""
-    if dtype == "bfloat16":
-        return to_bf16_bits(array)
-    return np.ascontiguousarray(array, dtype=np.float16 if dtype == "float16" else np.float32)
+def _load_threads():
+    """Threads for widening weights while loading: as many as the compute kernels may use."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
 
 
 def _as_tensor(value):
