@@ -24,6 +24,8 @@ def add_model_arguments(parser, max_num):
     parser.add_argument("--device", default=None, help="cpu, gpu, gpu:1, npu ... (default: paddle's default)")
     parser.add_argument("--device_map", default=None, choices=["auto"],
                         help="auto: split a large model over all visible GPUs like the official split_model")
+    parser.add_argument("--quant", default=None, help="weight_only_int8: keep the LLM's Linear weights in int8 "
+                                                      "(faster decoding on GPUs; on CPU it only saves memory)")
     parser.add_argument("--download_source", default=None, choices=["huggingface", "aistudio", "modelscope"])
     parser.add_argument("--verbose", action="store_true", help="log loading and prompt details")
 
@@ -48,7 +50,8 @@ def load_chat_model(args, dtype):
     from paddlemix.models.internvl2 import InternVLChatModel, TextStreamer, load_tokenizer
 
     model = InternVLChatModel.from_pretrained(args.model_name_or_path, dtype=dtype,
-                                              download_source=args.download_source, device_map=args.device_map)
+                                              download_source=args.download_source, device_map=args.device_map,
+                                              quant=args.quant)
     tokenizer = load_tokenizer(model.model_dir)
     generation_config = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
     if args.stream:

@@ -1,9 +1,11 @@
 """``tools/benchmark.py --quick`` runs both workers end to end and reports every figure for both sides.
 
-Nothing about speed is asserted: the numbers depend on the machine and on what else runs on it.
+Nothing about speed is asserted: the numbers depend on the machine and on what else runs on it. The
+target checks are asserted to be computed right, whatever their outcome.
 """
 
 import json
+import operator
 import subprocess
 import sys
 
@@ -14,6 +16,18 @@ FIGURES = (
     "prefill_ms", "decode_tps", "decode_cores", "batch_tps", "batch_gain", "dram_bps", "llm_bytes_per_token",
     "ceiling_tps", "ceiling_pct",
 )
+
+# The performance issue's targets: name -> (value from the JSON figures, comparison, threshold).
+TARGETS = {
+    "decode vs reference": (lambda f: f["decode_tps"]["ratio"], ">=", 1.3),
+    "decode vs DRAM ceiling": (lambda f: f["ceiling_pct"]["paddle"], ">=", 85.0),
+    "InternViT vs reference": (lambda f: f["vit_ms_per_tile"]["torch"] / f["vit_ms_per_tile"]["paddle"], ">=", 1.2),
+    "time to first token vs reference": (lambda f: f["prefill_ms"]["paddle"] / f["prefill_ms"]["torch"], "<=", 0.8),
+    "from_pretrained vs file read": (lambda f: f["load_s"]["paddle"] / f["read_s"]["paddle"], "<=", 1.5),
+    "peak RSS vs fp32 weights": (lambda f: f["peak_rss_bytes"]["paddle"] / f["weight_bytes"]["paddle"], "<=", 1.2),
+    "batch 8 vs batch 1": (lambda f: f["batch_tps"]["paddle"] / f["decode_tps"]["paddle"], ">=", 4.0),
+}
+COMPARISONS = {">=": operator.ge, "<=": operator.le}
 
 
 def test_quick_benchmark_reports_every_figure_for_both_sides(tmp_path):
@@ -26,7 +40,8 @@ def test_quick_benchmark_reports_every_figure_for_both_sides(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ratio" in proc.stdout  # the table was printed
 
-    figures = json.loads(out.read_text())["figures"]
+    report = json.loads(out.read_text())
+    figures = report["figures"]
     assert sorted(figures) == sorted(FIGURES)
     for key in FIGURES:
         for side in ("paddle", "torch", "ratio"):
@@ -35,3 +50,15 @@ def test_quick_benchmark_reports_every_figure_for_both_sides(tmp_path):
     # Both sides load the same weights, so they must count the same bytes.
     assert figures["weight_bytes"]["paddle"] == figures["weight_bytes"]["torch"]
     assert figures["llm_bytes_per_token"]["paddle"] == figures["llm_bytes_per_token"]["torch"]
+
+    targets = {t["name"]: t for t in report["targets"]}
+    assert sorted(targets) == sorted(TARGETS)
+    for name, (value_of, comparison, threshold) in TARGETS.items():
+        target = targets[name]
+        assert isinstance(target["value"], float) and isinstance(target["threshold"], float), target
+        assert isinstance(target["met"], bool), target
+        assert (target["comparison"], target["threshold"]) == (comparison, threshold), target
+        value = value_of(figures)
+        assert abs(target["value"] - value) <= 1e-9 * abs(value), (target, value)
+        assert target["met"] == COMPARISONS[comparison](value, threshold), (target, value)
+        assert f"{'meets ' if target['met'] else 'MISSES'} {name}: " in proc.stdout

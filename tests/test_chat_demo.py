@@ -81,3 +81,8 @@ def test_unknown_dtype(tiny, photo):
 def test_unknown_local_path(photo):
     proc = run_demo("--model_name_or_path", "./no/such/dir", "--image_path", photo)
     assert_one_line_error(proc, "not a local directory")
+
+
+def test_unknown_quantization(tiny, photo):
+    proc = run_demo("--model_name_or_path", tiny, "--image_path", photo, "--quant", "int4")
+    assert_one_line_error(proc, "unknown quantization 'int4'")

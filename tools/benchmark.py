@@ -4,7 +4,8 @@ Both sides load the same random-weight checkpoint at the real InternVL2-1B shape
 loaded as an fp32 model; ``--quick``: a tiny shape) and measure the same figures with the same
 thread count. Each side runs in its own worker process, one after the other, so neither sees the
 other's memory, threads or warm caches; a worker writes its raw numbers to a JSON file this
-parent reads, and the parent derives the ratios and prints the table.
+parent reads, and the parent derives the ratios and prints the table, each figure's target from the
+performance issue (see ``TARGETS``) beside it, and then whether each target is met.
 
     python tools/benchmark.py [--quick] [--threads N] [--json OUT.json] [--workdir DIR]
 
@@ -32,6 +33,11 @@ Method, the same on both sides:
   matrix, best of 5. A GEMV streams its matrix once, as decoding does, and reaches more of the
   bandwidth than a numpy sum or max, which are bound by arithmetic on one core.
 
+Targets (set for the InternVL2-1B shape; with ``--quick`` they are only indicative): decode
+tokens/s >= 1.3x the reference and >= 85% of the DRAM ceiling; InternViT >= 1.2x the reference;
+time to first token <= 0.8x the reference's; load <= 1.5x the file read; peak RSS <= 1.2x the fp32
+weights; batch 8 >= 4x batch-1 decode tokens/s. All of them are checked on Paddle's figures.
+
 The table's header says how many cores other processes kept busy while the workers ran (from
 /proc/stat): on a 2-core machine any competitor skews the figures of either side badly.
 
@@ -48,6 +54,7 @@ import argparse
 import collections
 import json
 import logging
+import operator
 import os
 import resource
 import shutil
@@ -102,6 +109,22 @@ FIGURES = [
     ("ceiling_tps", "DRAM ceiling, batch 1", "tok/s", 1, "higher"),
     ("ceiling_pct", "decode as % of ceiling", "%", 1, "higher"),
 ]
+
+# The performance issue's targets: (name, key of the row that shows it, what is compared,
+# comparison, threshold, unit, value from the combined table).
+TARGETS = [
+    ("decode vs reference", "decode_tps", "ratio", ">=", 1.3, "x", lambda f: f["decode_tps"]["ratio"]),
+    ("decode vs DRAM ceiling", "ceiling_pct", "paddle", ">=", 85, "%", lambda f: f["ceiling_pct"]["paddle"]),
+    ("InternViT vs reference", "vit_ms_per_tile", "ratio", ">=", 1.2, "x", lambda f: f["vit_ms_per_tile"]["ratio"]),
+    ("time to first token vs reference", "prefill_ms", "paddle / torch", "<=", 0.8, "x",
+     lambda f: f["prefill_ms"]["paddle"] / f["prefill_ms"]["torch"]),
+    ("from_pretrained vs file read", "load_over_read", "paddle", "<=", 1.5, "x",
+     lambda f: f["load_over_read"]["paddle"]),
+    ("peak RSS vs fp32 weights", "peak_rss_bytes", "paddle / fp32 weights", "<=", 1.2, "x",
+     lambda f: f["peak_rss_bytes"]["paddle"] / f["weight_bytes"]["paddle"]),
+    ("batch 8 vs batch 1", "batch_gain", "paddle", ">=", 4, "x", lambda f: f["batch_gain"]["paddle"]),
+]
+COMPARISONS = {">=": operator.ge, "<=": operator.le}
 
 
 # --------------------------------------------------------------- shared measuring code (both workers)
@@ -400,24 +423,42 @@ def combine(paddle, torch):
     return table
 
 
+def check_targets(table):
+    """One dict per entry of ``TARGETS``: the value compared, the threshold and whether it is met."""
+    checks = []
+    for name, key, what, comparison, threshold, unit, value_of in TARGETS:
+        value = float(value_of(table))
+        checks.append({"name": name, "figure": key, "what": what, "value": value, "comparison": comparison,
+                       "threshold": float(threshold), "unit": unit,
+                       "met": bool(COMPARISONS[comparison](value, threshold))})
+    return checks
+
+
 def _number(value):
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def format_table(table, meta):
+def format_table(table, targets, meta):
     header = (f"{meta['shape']} shape, random bf16 checkpoint loaded as fp32, {meta['threads']} threads; "
               f"ViT batch of {meta['vit_tiles']} tiles; {meta['new_tokens']} decoded tokens after a "
               f"{meta['prompt_tokens']}-token prompt; medians of {meta['runs']} runs after a warm-up\n"
               f"other processes kept {meta['other_cores']:.2f} of {os.cpu_count()} cores busy on average while "
               f"the workers ran{' (figures are noisy)' if meta['other_cores'] > 0.1 else ''}\n"
               f"ratio: how many times better Paddle is (> 1: Paddle better, < 1: torch better)")
-    rows = [("figure", "unit", "paddle", "torch ref", "ratio")]
-    for row in table.values():
-        rows.append((row["label"], row["unit"], _number(row["paddle"]), _number(row["torch"]), f"{row['ratio']:.2f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return header + "\n" + "\n".join(lines)
+    goals = collections.defaultdict(list)
+    for t in targets:
+        goals[t["figure"]].append(f"{t['what']} {t['comparison']} {t['threshold']:g}{t['unit']}")
+    rows = [("figure", "unit", "paddle", "torch ref", "ratio", "target")]
+    for key, row in table.items():
+        rows.append((row["label"], row["unit"], _number(row["paddle"]), _number(row["torch"]), f"{row['ratio']:.2f}",
+                     "; ".join(goals[key])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if 2 <= i <= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             .rstrip() for r in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    verdicts = [f"{'meets ' if t['met'] else 'MISSES'} {t['name']}: {t['value']:.3g}{t['unit']} "
+                f"(target {t['comparison']} {t['threshold']:g}{t['unit']})" for t in targets]
+    return "\n".join([header, *lines, "", "targets (set for the InternVL2-1B shape):", *verdicts])
 
 
 def default_ref_python():
@@ -477,10 +518,13 @@ def main(argv=None):
     meta = dict(settings, shape="tiny" if args.quick else "InternVL2-1B", checkpoint=original,
                 prompt_tokens=len(spec["prompt_ids"]), batch=BATCH, other_cores=others.cores())
     table = combine(raw["paddle"], raw["torch"])
-    print(format_table(table, meta))
+    targets = check_targets(table)
+    print(format_table(table, targets, meta))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"meta": meta, "figures": table}, f, indent=2)
+        partial = args.json + ".partial"  # renamed when complete: never a half-written result
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta, "figures": table, "targets": targets}, f, indent=2)
+        os.replace(partial, args.json)
     return 0
 
 

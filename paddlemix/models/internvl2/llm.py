@@ -16,6 +16,7 @@ from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
 from .config import rope_type
+from .kernels import apply_rotary, causal_attention, grouped_attention, rms_norm
 
 
 class RMSNorm(nn.Layer):
@@ -27,10 +28,7 @@ class RMSNorm(nn.Layer):
         self.weight = self.create_parameter([hidden_size], default_initializer=nn.initializer.Constant(1.0))
 
     def forward(self, x):
-        dtype = x.dtype
-        x32 = x.astype("float32")
-        x32 = x32 * paddle.rsqrt(x32.pow(2).mean(axis=-1, keepdim=True) + self.eps)
-        return self.weight * x32.astype(dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 # --- checkpoint layouts ------------------------------------------------------
@@ -212,17 +210,6 @@ class RotaryEmbedding:
         return cos.astype(dtype), sin.astype(dtype)
 
 
-def rotate_half(x):
-    first, second = x.chunk(2, axis=-1)
-    return paddle.concat([-second, first], axis=-1)
-
-
-def apply_rotary(x, cos, sin):
-    """x: [B, T, H, D]; cos/sin: [B, T, D]."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return x * cos + rotate_half(x) * sin
-
-
 # --- attention ------------------------------------------------------------------
 class KVCache:
     """Preallocated keys/values for every layer: decoding writes in place, never re-runs the prompt.
@@ -260,24 +247,6 @@ class KVCache:
                     buffers[layer] = paddle.gather(tensor, rows.to(tensor.place), axis=0)
 
 
-def attention(query, key, value, mask):
-    """Grouped-query attention without repeating K/V.
-
-    query [B, H, T, D]; key/value [B, KV, S, D]; mask bool [B, 1, T, S] or None (True = attend).
-    """
-    batch, heads, q_len, dim = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    groups = heads // kv_heads
-    q = query.reshape([batch, kv_heads, groups * q_len, dim])
-    scores = paddle.matmul(q, key, transpose_y=True).astype("float32") / math.sqrt(dim)
-    scores = scores.reshape([batch, kv_heads, groups, q_len, kv_len])
-    if mask is not None:
-        scores = paddle.where(mask.unsqueeze(1), scores, paddle.full([], -1e30, "float32"))
-    probs = F.softmax(scores, axis=-1).astype(value.dtype).reshape([batch, kv_heads, groups * q_len, kv_len])
-    out = paddle.matmul(probs, value).reshape([batch, heads, q_len, dim])
-    return out
-
-
 class Attention(nn.Layer):
     def __init__(self, config):
         super().__init__()
@@ -290,15 +259,21 @@ class Attention(nn.Layer):
                                 bias_attr=None if config.o_bias else False)
 
     def forward(self, hidden, cos, sin, mask, cache=None, layer_index=0):
+        """mask None: the tokens are a fresh causal sequence without padding (see `LanguageModel.forward`)."""
         batch, length, _ = hidden.shape
         qkv = self.qkv_proj(hidden).reshape([batch, length, self.num_heads + 2 * self.num_kv_heads, self.head_dim])
         q, k, v = paddle.split(qkv, [self.num_heads, self.num_kv_heads, self.num_kv_heads], axis=2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
-        if cache is not None:
-            k, v = cache.update(layer_index, k, v)
-        out = attention(q, k, v, mask)
-        return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([batch, length, -1]))
+        q, k = apply_rotary(q, k, cos, sin)
+        if mask is None:
+            if cache is not None:
+                cache.update(layer_index, k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3]))
+            out = causal_attention(q, k, v)
+        else:
+            q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
+            if cache is not None:
+                k, v = cache.update(layer_index, k, v)
+            out = grouped_attention(q, k, v, mask).transpose([0, 2, 1, 3])
+        return self.o_proj(out.reshape([batch, length, -1]))
 
 
 class MLP(nn.Layer):
@@ -396,7 +371,9 @@ class LanguageModel(nn.Layer):
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past, length)
         cos, sin = self.rotary(position_ids, past + length, inputs_embeds.dtype)
-        mask = build_attention_mask(attention_mask, length, past, self.config.attention_window)
+        mask = None
+        if not self._is_fresh_causal(attention_mask, past, length):
+            mask = build_attention_mask(attention_mask, length, past, self.config.attention_window)
         hidden = inputs_embeds
         if self.layer_devices is None:
             for index, layer in enumerate(self.layers):
@@ -413,12 +390,24 @@ class LanguageModel(nn.Layer):
             hidden = hidden[:, -1:]
         return self.lm_head(self.norm(hidden))
 
+    def _is_fresh_causal(self, attention_mask, past, length):
+        """Whether the causal triangle is the whole mask: no cached keys, no padding, no window cut.
+
+        Such a call (a chat prefill, a training batch without padding) runs the causal
+        kernel (see kernels.py) instead of a mask.
+        """
+        window = self.config.attention_window
+        if past or (window and window < length):
+            return False
+        return attention_mask is None or bool(attention_mask[:, :length].astype("bool").all())
+
     def _run_placed_layers(self, hidden, cos, sin, mask, cache):
         """The decoder stack across devices: the activations follow the layers, like accelerate's hooks."""
         current = None
         for index, (layer, device) in enumerate(zip(self.layers, self.layer_devices)):
             if device != current:
-                hidden, cos, sin, mask = (t.to(device) for t in (hidden, cos, sin, mask))
+                hidden, cos, sin = (t.to(device) for t in (hidden, cos, sin))
+                mask = None if mask is None else mask.to(device)
                 current = device
             hidden = layer(hidden, cos, sin, mask, cache, index)
         return hidden.to(self.head_device)

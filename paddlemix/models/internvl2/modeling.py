@@ -21,6 +21,7 @@ from .device_map import language_model_placement, module_device, resolve_device_
 from .generation import generate as generate_tokens
 from .hub import resolve_model_dir
 from .llm import LanguageModel, checkpoint_names, fuse_checkpoint_parts, split_checkpoint_parts
+from .quant import QUANT_METHODS, quantize_language_model
 from .vision import InternVisionModel, Projector, pixel_shuffle
 
 logger = logging.getLogger(__name__)
@@ -330,12 +331,16 @@ class InternVLChatModel(nn.Layer):
             yield from zip(keys, parts)
 
     @classmethod
-    def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None, device_map=None):
+    def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None, device_map=None,
+                        quant=None):
         """Load an InternVL checkpoint (local dir or hub id) in the original HF or the PaddleMIX layout.
 
         `device_map` spreads a large model over several GPUs: "auto" for the official
         split over all visible GPUs, or {module name: GPU index} (see device_map.py).
+        `quant="weight_only_int8"` keeps the decoder's Linear weights in int8 (see quant.py).
         """
+        if quant is not None and quant not in QUANT_METHODS:
+            raise ValueError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_METHODS)}")
         model_dir = resolve_model_dir(path_or_id, download_source, revision)
         config = InternVLChatConfig.from_pretrained(model_dir)
         dtype = resolve_dtype(dtype)
@@ -351,6 +356,8 @@ class InternVLChatModel(nn.Layer):
             paddle.set_default_dtype(previous)
         with open_checkpoint(model_dir) as checkpoint:
             model.load_checkpoint(checkpoint, dtype, device_map)
+        if quant:
+            quantize_language_model(model.language_model, quant)
         model.name_or_path, model.model_dir = str(path_or_id), model_dir
         model.eval()
         return model

@@ -9,6 +9,7 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
+from .kernels import full_attention
 from .llm import RMSNorm
 
 
@@ -80,12 +81,8 @@ class VisionAttention(nn.Layer):
         q, k, v = self.qkv(x).chunk(3, axis=-1)
         if self.qk_normalization:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (t.reshape([batch, length, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
-                   for t in (q, k, v))
-        scores = paddle.matmul(q * (self.head_dim ** -0.5), k, transpose_y=True)
-        probs = F.softmax(scores.astype("float32"), axis=-1).astype(v.dtype)
-        out = paddle.matmul(probs, v).transpose([0, 2, 1, 3]).reshape([batch, length, channels])
-        return self.proj(out)
+        q, k, v = (t.reshape([batch, length, self.num_heads, self.head_dim]) for t in (q, k, v))
+        return self.proj(full_attention(q, k, v).reshape([batch, length, channels]))
 
 
 class VisionMLP(nn.Layer):
