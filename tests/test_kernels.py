@@ -20,9 +20,14 @@ def _boom(*args, **kwargs):
 
 def _reference_rope(q, k, v, sin, cos, use_neox_rotary_style):
     """Paddle's fused RoPE as documented: sin/cos [1, T, 1, D]; False = rotate the two halves."""
-    assert use_neox_rotary_style is False and v is None
+    assert use_neox_rotary_style is False and k is None and v is None
     assert sin.shape[0] == 1 and sin.shape[2] == 1 and sin.shape[1] == q.shape[1]
-    return [t * cos + kernels.rotate_half(t) * sin for t in (q, k)] + [None]
+    return [q * cos + kernels.rotate_half(q) * sin, None, None]
+
+
+def _all_plain(monkeypatch):
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    monkeypatch.setattr(kernels, "fused_enabled", lambda tensor: False)
 
 
 @pytest.fixture
@@ -58,22 +63,26 @@ def _logits(model, pixels, ids, attention_mask=None):
         return model(pixels, ids, attention_mask=attention_mask)["logits"].numpy()
 
 
-def test_cpu_runs_only_the_plain_ops(model, tokenizer, monkeypatch):
-    for module, name in [(IF, "fused_rms_norm"), (IF, "fused_rotary_position_embedding"),
-                         (F, "scaled_dot_product_attention"), (paddle.nn.quant, "weight_only_linear")]:
+def test_cpu_runs_fused_rms_norm_and_plain_attention_and_rope(model, tokenizer, monkeypatch):
+    calls = []
+    fused_rms_norm = IF.fused_rms_norm
+    monkeypatch.setattr(IF, "fused_rms_norm", lambda *args, **kwargs: calls.append(1) or fused_rms_norm(*args, **kwargs))
+    for module, name in [(IF, "fused_rotary_position_embedding"), (F, "scaled_dot_product_attention"),
+                         (paddle.nn.quant, "weight_only_linear")]:
         monkeypatch.setattr(module, name, _boom)
     assert not kernels.fused_enabled(paddle.ones([1]))
     answer = model.chat(tokenizer, random_pixels(1, 0), "<image>\nHi", dict(max_new_tokens=4, do_sample=False))
-    assert isinstance(answer, str)
+    assert isinstance(answer, str) and calls
 
 
 def test_the_fused_path_gives_the_plain_logits_and_tokens(model, tokenizer, forced_fused):
     pixels, ids = _image_inputs(model, tokenizer)
     with pytest.MonkeyPatch.context() as plain:
-        plain.setattr(kernels, "fused_enabled", lambda tensor: False)
+        _all_plain(plain)
         expected = _logits(model, pixels, ids)
         expected_tokens = model.generate(pixel_values=pixels, input_ids=ids, max_new_tokens=6, do_sample=False,
                                          eos_token_id=None).numpy()
+    assert forced_fused == {"rms_norm": 0, "rope": 0, "sdpa": 0}
     fused = _logits(model, pixels, ids)
     assert np.abs(fused - expected).max() <= 1e-5
     llm_layers = model.config.llm.num_hidden_layers
@@ -90,13 +99,15 @@ def test_padding_cached_keys_and_batches_keep_the_masked_plain_attention(model, 
     lm = model.language_model
     ids = paddle.to_tensor(np.random.RandomState(3).randint(0, 151000, size=(2, 6)))
     padded = paddle.to_tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype="int64")
-    assert not lm._is_fresh_causal(padded, 0, 6)
-    assert lm._is_fresh_causal(paddle.ones([2, 6], "int64"), 0, 6)
-    assert not lm._is_fresh_causal(paddle.ones([2, 7], "int64"), 6, 1)  # decoding after cached keys
+    assert lm._needs_mask(padded, 0, 6)
+    assert not lm._needs_mask(paddle.ones([2, 6], "int64"), 0, 6)
+    assert not lm._needs_mask(paddle.ones([2, 7], "int64"), 6, 1)  # one token sees every cached key
+    assert lm._needs_mask(paddle.ones([2, 9], "int64"), 6, 3)  # several new tokens after cached ones
+    assert lm._needs_mask(paddle.concat([padded, paddle.ones([2, 1], "int64")], axis=1), 6, 1)
     with paddle.no_grad():
         embeds = lm.embed_tokens(ids)
         with pytest.MonkeyPatch.context() as plain:
-            plain.setattr(kernels, "fused_enabled", lambda tensor: False)
+            _all_plain(plain)
             expected = lm(embeds, padded).numpy()
         cache = KVCache(lm.config, 2, 8, "float32")
         got = lm(embeds, padded, cache=cache).numpy()
@@ -173,3 +184,17 @@ def test_on_gpu_the_int8_layer_calls_paddles_kernel(monkeypatch):
     layer = quant.WeightOnlyInt8Linear(paddle.nn.Linear(16, 8))
     layer(paddle.randn([2, 16]))
     assert calls == [("quantize", "weight_only_int8", 86), ("linear", "int8", 86)]
+
+
+def test_the_cpu_linear_and_swiglu_give_the_plain_numbers(monkeypatch):
+    paddle.seed(1)
+    layer = kernels.Linear(96, 80)
+    x = paddle.randn([2, 40, 96])  # 80 rows: the addmm path
+    expected = x.numpy().astype(np.float64) @ layer.weight.numpy() + layer.bias.numpy()
+    np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-5, rtol=1e-5)
+    gate_up = paddle.randn([2, 5, 64])
+    fused = kernels.swiglu(gate_up).numpy()
+    with pytest.MonkeyPatch.context() as plain:
+        _all_plain(plain)
+        np.testing.assert_allclose(kernels.swiglu(gate_up).numpy(), fused, atol=1e-6)
+        np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-5, rtol=1e-5)

@@ -16,7 +16,7 @@ from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
 from .config import rope_type
-from .kernels import apply_rotary, causal_attention, grouped_attention, rms_norm
+from .kernels import Linear, apply_rotary, causal_attention, grouped_attention, rms_norm, swiglu
 
 
 class RMSNorm(nn.Layer):
@@ -254,17 +254,20 @@ class Attention(nn.Layer):
         self.num_heads, self.num_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, qkv_out, bias_attr=None if config.qkv_bias else False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size,
+        self.qkv_proj = Linear(config.hidden_size, qkv_out, bias_attr=None if config.qkv_bias else False)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size,
                                 bias_attr=None if config.o_bias else False)
 
     def forward(self, hidden, cos, sin, mask, cache=None, layer_index=0):
-        """mask None: the tokens are a fresh causal sequence without padding (see `LanguageModel.forward`)."""
+        """mask None: no padding and no window cut (see `LanguageModel._needs_mask`), so a fresh
+        sequence runs the causal kernel and a decoded token sees every cached key."""
         batch, length, _ = hidden.shape
-        qkv = self.qkv_proj(hidden).reshape([batch, length, self.num_heads + 2 * self.num_kv_heads, self.head_dim])
-        q, k, v = paddle.split(qkv, [self.num_heads, self.num_kv_heads, self.num_kv_heads], axis=2)
-        q, k = apply_rotary(q, k, cos, sin)
-        if mask is None:
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(hidden).reshape([batch, length, heads + 2 * kv_heads, self.head_dim])
+        qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
+        q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
+        past = cache.length if cache is not None else 0
+        if mask is None and past == 0:
             if cache is not None:
                 cache.update(layer_index, k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3]))
             out = causal_attention(q, k, v)
@@ -281,12 +284,11 @@ class MLP(nn.Layer):
         super().__init__()
         bias = None if config.mlp_bias else False
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias_attr=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=bias)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias_attr=bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias_attr=bias)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, axis=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(swiglu(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Layer):
@@ -340,7 +342,7 @@ class LanguageModel(nn.Layer):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.LayerList([DecoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias_attr=False)
         self.rotary = RotaryEmbedding(config)
         # Set by `place_layers` for multi-GPU inference; None keeps everything on one device.
         self.layer_devices = None
@@ -372,7 +374,7 @@ class LanguageModel(nn.Layer):
             position_ids = default_position_ids(attention_mask, past, length)
         cos, sin = self.rotary(position_ids, past + length, inputs_embeds.dtype)
         mask = None
-        if not self._is_fresh_causal(attention_mask, past, length):
+        if self._needs_mask(attention_mask, past, length):
             mask = build_attention_mask(attention_mask, length, past, self.config.attention_window)
         hidden = inputs_embeds
         if self.layer_devices is None:
@@ -390,16 +392,16 @@ class LanguageModel(nn.Layer):
             hidden = hidden[:, -1:]
         return self.lm_head(self.norm(hidden))
 
-    def _is_fresh_causal(self, attention_mask, past, length):
-        """Whether the causal triangle is the whole mask: no cached keys, no padding, no window cut.
+    def _needs_mask(self, attention_mask, past, length):
+        """Whether attention needs an explicit mask: padding, a window cut, or new tokens after cached ones.
 
-        Such a call (a chat prefill, a training batch without padding) runs the causal
-        kernel (see kernels.py) instead of a mask.
+        Without one, a fresh sequence (a chat prefill, an unpadded training batch) runs the causal
+        kernel and a single decoded token sees every key, so no mask is built or applied per step.
         """
         window = self.config.attention_window
-        if past or (window and window < length):
-            return False
-        return attention_mask is None or bool(attention_mask[:, :length].astype("bool").all())
+        if (window and window < past + length) or (past and length > 1):
+            return True
+        return attention_mask is not None and not bool(attention_mask[:, :past + length].astype("bool").all())
 
     def _run_placed_layers(self, hidden, cos, sin, mask, cache):
         """The decoder stack across devices: the activations follow the layers, like accelerate's hooks."""

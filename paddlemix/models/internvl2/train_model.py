@@ -27,6 +27,7 @@ from paddleformers.peft import LoRAConfig
 from paddleformers.peft.lora import LoRALinear
 
 from .conversation import get_conv_template
+from .kernels import Linear
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def resize_token_embeddings(model, vocab_size):
     head = paddle.concat([head, head.mean(axis=1, keepdim=True).tile([1, added])], axis=1)
     with _default_dtype(dtype):
         llm.embed_tokens = nn.Embedding(vocab_size, hidden)
-        llm.lm_head = nn.Linear(hidden, vocab_size, bias_attr=False)
+        llm.lm_head = Linear(hidden, vocab_size, bias_attr=False)
     llm.embed_tokens.weight.set_value(embeddings)
     llm.lm_head.weight.set_value(head)
     model.config.llm.vocab_size = vocab_size
@@ -125,10 +126,11 @@ def untie_word_embeddings(model):
 
 # --- LoRA -------------------------------------------------------------------------------
 def add_lora(model, target_pattern, rank):
-    """Wrap every nn.Linear whose full name matches `target_pattern` in a LoRALinear (alpha = 2 * rank)."""
+    """Wrap every Linear layer whose full name matches `target_pattern` in a LoRALinear (alpha = 2 * rank)."""
     lora_config = LoRAConfig(r=rank, lora_alpha=2 * rank, lora_dropout=LORA_DROPOUT, target_modules=[target_pattern])
     names = [name for name, layer in model.named_sublayers()
-             if type(layer) is nn.Linear and re.fullmatch(target_pattern, name)]
+             if isinstance(layer, nn.Linear) and not isinstance(layer, LoRALinear)
+             and re.fullmatch(target_pattern, name)]
     if not names:
         raise ValueError(f"no Linear layer matches the LoRA targets {target_pattern!r}")
     for name in names:
@@ -148,14 +150,14 @@ def add_lora(model, target_pattern, rank):
 
 
 def merge_lora(model):
-    """Fold every adapter into its weight and put a plain nn.Linear back; returns the number merged."""
+    """Fold every adapter into its weight and put a plain Linear back; returns the number merged."""
     names = [name for name, layer in model.named_sublayers() if isinstance(layer, LoRALinear)]
     for name in names:
         parent, attr = _parent(model, name)
         lora = getattr(parent, attr)
         lora.merge()
         with paddle.LazyGuard():
-            plain = nn.Linear(*lora.weight.shape, bias_attr=False if lora.bias is None else None)
+            plain = Linear(*lora.weight.shape, bias_attr=False if lora.bias is None else None)
         plain.weight = lora.weight
         if lora.bias is not None:
             plain.bias = lora.bias

@@ -9,7 +9,7 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
-from .kernels import full_attention
+from .kernels import Linear, full_attention
 from .llm import RMSNorm
 
 
@@ -68,13 +68,13 @@ class VisionAttention(nn.Layer):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // self.num_heads
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias_attr=None if config.qkv_bias else False)
+        self.qkv = Linear(config.hidden_size, 3 * config.hidden_size, bias_attr=None if config.qkv_bias else False)
         self.qk_normalization = config.qk_normalization
         if self.qk_normalization:
             # Over all heads at once, before the head split, as the original does.
             self.q_norm = RMSNorm(config.hidden_size, config.layer_norm_eps)
             self.k_norm = RMSNorm(config.hidden_size, config.layer_norm_eps)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x):
         batch, length, channels = x.shape
@@ -88,8 +88,8 @@ class VisionAttention(nn.Layer):
 class VisionMLP(nn.Layer):
     def __init__(self, config):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x), approximate=False))
@@ -166,7 +166,7 @@ class Projector(nn.Sequential):
         shuffled = vit_hidden * int(1 / downsample_ratio) ** 2
         super().__init__(
             nn.LayerNorm(shuffled),
-            nn.Linear(shuffled, llm_hidden),
+            Linear(shuffled, llm_hidden),
             nn.GELU(approximate=False),
-            nn.Linear(llm_hidden, llm_hidden),
+            Linear(llm_hidden, llm_hidden),
         )
