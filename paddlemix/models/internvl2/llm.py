@@ -256,7 +256,7 @@ class Attention(nn.Layer):
         qkv_out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
         self.qkv_proj = Linear(config.hidden_size, qkv_out, bias_attr=None if config.qkv_bias else False)
         self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size,
-                                bias_attr=None if config.o_bias else False)
+                             bias_attr=None if config.o_bias else False)
 
     def forward(self, hidden, cos, sin, mask, cache=None, layer_index=0):
         """mask None: no padding and no window cut (see `LanguageModel._needs_mask`), so a fresh
