@@ -250,8 +250,8 @@ def empty_float32(shape):
 def widen_to_float32(stored, kind, out, transpose=False, pool=None):
     """Write a stored tensor (see `Checkpoint.get_stored`) into the float32 array `out`, transposed if asked.
 
-    Works in blocks of stored rows, spread over `pool`'s threads (numpy releases the GIL): a
-    one-shot transpose of a large [out, in] matrix is cache-hostile and took seconds per matrix.
+    Works in cache-sized blocks spread over `pool`'s threads (numpy releases the GIL): a one-shot
+    transpose of a large [out, in] matrix is cache-hostile and took seconds per matrix.
     """
     source = stored.T if transpose else stored
     if source.shape != out.shape:
