@@ -72,6 +72,9 @@ class FinetuneTrainingArguments(TrainingArguments):
     group_by_length: bool = field(default=False, metadata={"help": "batch samples of similar length"})
     # fp32 training must not ask for master gradients; bf16 runs pass --amp_master_grad True.
     amp_master_grad: bool = field(default=False, metadata={"help": "fp32 gradients with --fp16_opt_level O2"})
+    # Sharding stage1 "v2" (split parameters) requires master gradients, so fp32 runs on several
+    # ranks need it off; the bf16 scripts pass --split_param True with --amp_master_grad True.
+    split_param: bool = field(default=False, metadata={"help": "split parameters in sharding stage1 (bf16 runs)"})
     # The classic per-rank format: resumable on one device and with sharding stage1.
     save_checkpoint_format: Optional[str] = field(default="sharding_io", metadata={"help": "checkpoint format"})
     load_checkpoint_format: Optional[str] = field(default="sharding_io", metadata={"help": "checkpoint format"})
@@ -107,6 +110,10 @@ def check_arguments(model_args, data_args, training_args):
             raise ValueError(f"--{name} is a LoRA rank and cannot be negative")
     if not 1 <= data_args.min_dynamic_patch <= data_args.max_dynamic_patch:
         raise ValueError("need 1 <= --min_dynamic_patch <= --max_dynamic_patch")
+    if training_args.world_size > 1 and training_args.max_grad_norm > 0 and not training_args.amp_master_grad:
+        # paddleformers' Trainer reaches for the wrapped optimizer's `_inner_opt` there and crashes.
+        raise ValueError("on several ranks, gradient clipping needs --amp_master_grad True (bf16); "
+                         "fp32 runs must pass --max_grad_norm 0")
     for source in load_meta(data_args.meta_path):
         if not os.path.isfile(source.annotation):
             raise ValueError(f"dataset {source.name!r}: annotation file '{source.annotation}' does not exist")

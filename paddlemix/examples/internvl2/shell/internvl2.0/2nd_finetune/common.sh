@@ -113,6 +113,7 @@ TRAIN_ARGS=(
   --bf16 True
   --fp16_opt_level O2
   --amp_master_grad True
+  --split_param True
   --num_train_epochs 1
   --per_device_train_batch_size "${PER_DEVICE_BATCH_SIZE}"
   --gradient_accumulation_steps "${GRADIENT_ACC}"
