@@ -21,7 +21,7 @@ from .device_map import language_model_placement, module_device, resolve_device_
 from .generation import generate as generate_tokens
 from .hub import resolve_model_dir
 from .llm import LanguageModel, checkpoint_names, fuse_checkpoint_parts, split_checkpoint_parts
-from .quant import QUANT_METHODS, quantize_language_model
+from .quant import check_method as check_quant_method, quantize_language_model
 from .vision import InternVisionModel, Projector, pixel_shuffle
 
 logger = logging.getLogger(__name__)
@@ -345,8 +345,8 @@ class InternVLChatModel(nn.Layer):
         split over all visible GPUs, or {module name: GPU index} (see device_map.py).
         `quant="weight_only_int8"` keeps the decoder's Linear weights in int8 (see quant.py).
         """
-        if quant is not None and quant not in QUANT_METHODS:
-            raise ValueError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_METHODS)}")
+        if quant is not None:
+            check_quant_method(quant)
         model_dir = resolve_model_dir(path_or_id, download_source, revision)
         config = InternVLChatConfig.from_pretrained(model_dir)
         dtype = resolve_dtype(dtype)

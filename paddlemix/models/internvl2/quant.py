@@ -19,6 +19,12 @@ logger = logging.getLogger(__name__)
 QUANT_METHODS = ("weight_only_int8",)
 
 
+def check_method(method):
+    """Reject an unknown quantization by name, before anything is downloaded or loaded."""
+    if method not in QUANT_METHODS:
+        raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(QUANT_METHODS)}")
+
+
 def quantize_int8(weight):
     """(int8 values, float32 scale per output column) of a [in, out] weight."""
     weight = weight.astype("float32")
@@ -60,8 +66,7 @@ class WeightOnlyInt8Linear(nn.Layer):
 
 def quantize_language_model(language_model, method):
     """Swap every Linear layer of the decoder stack for its `method` version, in place."""
-    if method not in QUANT_METHODS:
-        raise ValueError(f"unknown quantization {method!r}; choose one of {', '.join(QUANT_METHODS)}")
+    check_method(method)
     dtype = language_model.embed_tokens.weight.dtype
     on_gpu = fused_enabled(language_model.embed_tokens.weight)
     if on_gpu and dtype == paddle.float32:
