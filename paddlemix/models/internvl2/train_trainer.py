@@ -7,12 +7,14 @@ looks like a checkpoint but lacks some of them; resuming from it would silently 
 the optimizer or the schedule. InternVLTrainer writes COMPLETE_MARKER after every rank
 has finished, resumes only from marked folders, and refuses an unmarked one.
 """
+import contextlib
 import json
 import logging
 import os
 import re
 
 import numpy as np
+import paddle
 import paddle.distributed as dist
 from paddleformers.trainer import Trainer
 from paddleformers.utils.batch_sampler import MappingDistributedBatchSampler
@@ -117,5 +119,28 @@ class InternVLTrainer(Trainer):
             raise IncompleteCheckpointError(
                 f"'{resume_from_checkpoint}' is not a complete checkpoint (no {COMPLETE_MARKER}: its save was "
                 "interrupted, or it was not written by this script); resume from an earlier one or start over")
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        with _synchronize_tolerates_cpu():
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+
+@contextlib.contextmanager
+def _synchronize_tolerates_cpu():
+    """Let `paddle.device.synchronize()` return on CPU instead of raising TypeError.
+
+    Trainer waits for the device after every accumulated step, but Paddle's synchronize only
+    knows GPU, XPU and custom devices; CPU kernels finish before they return, so there is
+    nothing to wait for. Without this, --gradient_accumulation_steps > 1 cannot run on CPU.
+    """
+    original = paddle.device.synchronize
+
+    def synchronize(device=None):
+        if device is None and paddle.get_device() == "cpu":
+            return None
+        return original(device)
+
+    paddle.device.synchronize = synchronize
+    try:
+        yield
+    finally:
+        paddle.device.synchronize = original
 
