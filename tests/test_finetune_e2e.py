@@ -2,6 +2,7 @@
 (images, one without a tag, two images, a video, a text-only chat): training, export, chat_demo, resume,
 interrupted saves, and what the freeze/LoRA flags leave untouched in the exported weights."""
 import logging
+import math
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import paddle
 import pytest
 from paddleformers.trainer import Trainer, TrainerCallback
 
-from paddlemix.examples.internvl2.internvl_chat_finetune import main
+from paddlemix.examples.internvl2.internvl_chat_finetune import check_weights_fit_device, main
 from paddlemix.models.internvl2 import InternVLChatModel, load_image, load_tokenizer
 from paddlemix.models.internvl2.checkpoint import open_checkpoint
 from paddlemix.models.internvl2.train_data import Collator, DataConfig, SupervisedDataset
@@ -148,3 +149,14 @@ def test_lora_changes_only_the_adapted_weights(tiny, meta, tmp_path):
     adapted = ("attention.wqkv.weight", "attention.wo.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
                "feed_forward.w2.weight", "attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
     assert moved == {name for name in source if name.endswith(adapted)}
+
+
+def test_weights_too_big_for_the_device_stop_before_loading(tiny):
+    model = InternVLChatModel.from_pretrained(tiny)
+    count = sum(math.prod(param.shape) for param in {id(p): p for p in model.parameters()}.values())
+    assert check_weights_fit_device(tiny, "bfloat16", device_bytes=2 * count) is None  # exactly fits
+    with pytest.raises(ValueError) as error:
+        check_weights_fit_device(tiny, "float32", device_bytes=4 * count - 1)
+    assert str(error.value).startswith(f"the model's {count / 1e9:.1f}B weights need {4 * count / 2**30:.1f} GiB in "
+                                       "float32 on every device before sharding splits them, more than the ")
+    assert check_weights_fit_device(tiny, "float32") is None  # no GPU here: nothing to check

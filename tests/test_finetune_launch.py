@@ -1,20 +1,29 @@
 """internvl_chat_finetune.py on two ranks through `python -m paddle.distributed.launch`, on CPU.
 
 The only multi-process run possible here: fp32 data parallel with sharding stage1 over two CPU
-processes (gloo). It checks the launch path, the per-rank data split, the rank-0 export, and the
-one-sentence error for the setting paddleformers cannot run (fp32 clipping on several ranks).
+processes (gloo). It checks the launch path, the per-rank data split, the rank-0 export, the
+shipped shell scripts with DEVICE=cpu, and the one-sentence errors for what cannot run on CPU
+ranks (fp32 clipping, sharding stage3).
 """
 import json
 import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
+from paddleformers.trainer.trainer_utils import ShardingOption
+
+from paddlemix.examples.internvl2.internvl_chat_finetune import gather_full_parameters
 from paddlemix.models.internvl2 import InternVLChatModel
+from paddlemix.models.internvl2.train_trainer import COMPLETE_MARKER
 from reference import REPO_ROOT
-from test_finetune_e2e import meta, tiny  # noqa: F401  (module fixtures)
+from test_finetune_e2e import meta, tensors, tiny  # noqa: F401  (module fixtures)
 
 SCRIPT = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "internvl_chat_finetune.py"
+SHELL_DIR = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "shell" / "internvl2.0" / "2nd_finetune"
 
 
 def launch(tiny, meta, tmp_path, *extra):
@@ -56,3 +65,54 @@ def test_fp32_clipping_on_two_ranks_is_one_clear_error(tiny, meta, tmp_path):  #
     assert errors == ["error: on several ranks, gradient clipping needs --amp_master_grad True (bf16); "
                       "fp32 runs must pass --max_grad_norm 0"], log[-3000:]
     assert "Traceback" not in log
+
+
+def test_stage3_on_cpu_ranks_is_one_clear_error(tiny, meta, tmp_path):  # noqa: F811
+    proc = launch(tiny, meta, tmp_path, "--max_grad_norm", "0", "--sharding", "stage3")
+    assert proc.returncode != 0
+    errors = [line for line in worker_log(tmp_path, 0).splitlines() if line.startswith("error: ")]
+    assert errors == ["error: sharding stage3 runs on GPUs, XPUs and NPUs only (Paddle refuses it on CPU); "
+                      "use --sharding stage1 on CPU"]
+
+
+def test_stage3_export_gathers_the_frozen_slices_too():
+    """Stage3 cannot run here; this pins the call paddle needs (its default skips frozen parameters,
+    which would leave a frozen ViT or LoRA's base weights empty in the export)."""
+    calls = []
+    wrapped = SimpleNamespace(get_all_parameters=lambda **kwargs: calls.append(kwargs))
+    for sharding, expected in (([ShardingOption.FULL_SHARD], [{"convert2cpu": True, "with_freeze_param": True}]),
+                               ([ShardingOption.SHARD_OP], []), ([], [])):
+        calls.clear()
+        gather_full_parameters(SimpleNamespace(args=SimpleNamespace(sharding=sharding), model_wrapped=wrapped))
+        assert calls == expected, sharding
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_the_shipped_script_runs_on_two_cpu_processes(tiny, meta, tmp_path, mode):  # noqa: F811
+    """The 2B script as users start it, with DEVICE=cpu: the official arguments (dynamic tiles up
+    to 6, recompute, length grouping, 4 loader workers, cosine schedule, visualdl, stage1) except
+    the precision, on two processes with gradient accumulation, a checkpoint and the export."""
+    out = tmp_path / "out"
+    script = SHELL_DIR / f"internvl2_2b_internlm2_1_8b_dynamic_res_2nd_finetune_{mode}.sh"
+    env = dict(os.environ, DEVICE="cpu", GPUS="2", PER_DEVICE_BATCH_SIZE="1", BATCH_SIZE="4", MODEL=tiny,
+               META_PATH=meta, OUTPUT_DIR=str(out), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(script), "--max_steps", "3", "--save_steps", "2"], capture_output=True,
+                          text=True, timeout=900, env=env, cwd=REPO_ROOT)
+    log = (out / "launch_logs" / "workerlog.0").read_text(errors="replace")
+    assert proc.returncode == 0, log[-3000:]
+    summary, command = proc.stdout.splitlines()[:2]
+    assert summary.endswith("2 cpu(s) x 1 per device x 2 accumulation = global batch 4")
+    assert "-m paddle.distributed.launch --nproc_per_node 2 " in command
+    assert "--bf16 False --fp16_opt_level O1 --amp_master_grad False --split_param False --max_grad_norm 0" in command
+    assert "sharding_degree: 2" in log and "gradient_accumulation_steps   : 2" in log
+    assert len(re.findall(r" - loss: [0-9.]+,", log)) == 3
+    assert [path.name for path in out.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file()
+    assert list((out / "runs").iterdir())  # visualdl wrote its logs
+    before, after = tensors(tiny), tensors(str(out))
+    assert before.keys() == after.keys()  # LoRA merged away, nothing added
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    assert changed and not any(name.startswith("vision_model.") for name in changed)  # frozen backbone
+    assert any(name.startswith("mlp1.") for name in changed) == (mode == "full")
+    if mode == "lora":
+        assert all(re.search(r"\.(wqkv|wo|w1|w2|w3)\.weight$", name) for name in changed), sorted(changed)

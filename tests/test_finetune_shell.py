@@ -129,7 +129,7 @@ def test_npu_runs_set_the_ascend_flags_and_launch_on_npus(inputs, tmp_path):
 @pytest.mark.parametrize("env, args, message", [
     ({"BATCH_SIZE": "100"}, (), "BATCH_SIZE=100 is not a multiple of PER_DEVICE_BATCH_SIZE * GPUS = 32"),
     ({"GPUS": "zero"}, (), "GPUS must be a positive integer, not 'zero'"),
-    ({"DEVICE": "tpu"}, (), "DEVICE must be gpu or npu, not 'tpu'"),
+    ({"DEVICE": "tpu"}, (), "DEVICE must be gpu, npu or cpu, not 'tpu'"),
     ({}, ("--lerning_rate", "1e-4"), "not used by the PdArgumentParser: ['--lerning_rate', '1e-4']"),
 ])
 def test_dry_runs_reject_bad_arguments(inputs, env, args, message):

@@ -12,12 +12,14 @@ with the tokenizer files, ready for chat_demo.py.
 """
 import dataclasses
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
+import paddle
 from paddle.utils import unique_name
 from paddleformers.trainer import PdArgumentParser, TrainingArguments, set_seed
 from paddleformers.trainer.trainer_utils import ShardingOption
@@ -25,6 +27,7 @@ from paddleformers.trainer.trainer_utils import ShardingOption
 from paddlemix.cli import run_main
 from paddlemix.models.internvl2 import InternVLChatModel, load_tokenizer
 from paddlemix.models.internvl2 import train_model as tm
+from paddlemix.models.internvl2.checkpoint import open_checkpoint
 from paddlemix.models.internvl2.config import InternVLChatConfig
 from paddlemix.models.internvl2.conversation import TEMPLATE_NAMES
 from paddlemix.models.internvl2.hub import resolve_model_dir
@@ -114,6 +117,10 @@ def check_arguments(model_args, data_args, training_args):
         # paddleformers' Trainer reaches for the wrapped optimizer's `_inner_opt` there and crashes.
         raise ValueError("on several ranks, gradient clipping needs --amp_master_grad True (bf16); "
                          "fp32 runs must pass --max_grad_norm 0")
+    if (training_args.world_size > 1 and ShardingOption.FULL_SHARD in training_args.sharding
+            and training_args.device == "cpu"):
+        raise ValueError("sharding stage3 runs on GPUs, XPUs and NPUs only (Paddle refuses it on CPU); "
+                         "use --sharding stage1 on CPU")
     for source in load_meta(data_args.meta_path):
         if not os.path.isfile(source.annotation):
             raise ValueError(f"dataset {source.name!r}: annotation file '{source.annotation}' does not exist")
@@ -139,6 +146,7 @@ def load_model(model_args, data_args, training_args):
     if model_dir != model_args.model_name_or_path:  # downloaded: check its config.json too
         check_arguments(dataclasses.replace(model_args, model_name_or_path=model_dir), data_args, training_args)
     tokenizer = load_tokenizer(model_dir)
+    check_weights_fit_device(model_dir, _training_dtype(training_args))
     model = InternVLChatModel.from_pretrained(model_dir, dtype=_training_dtype(training_args))
     tm.configure(model, template=data_args.conv_style or model.config.template,
                  select_layer=model_args.vision_select_layer, ps_version=model_args.ps_version,
@@ -165,6 +173,27 @@ def load_model(model_args, data_args, training_args):
     logger.info("trainable: %d of %d parameters (%.2f%%) in %d tensors; frozen parts in eval mode: %s", count, total,
                 100.0 * count / total, len(trainable), ", ".join(in_eval) or "none")
     return model, tokenizer, model_dir
+
+
+def check_weights_fit_device(model_dir, dtype, device_bytes=None):
+    """Stop with one sentence when the weights alone exceed a GPU's memory.
+
+    Every rank loads the whole model onto its device, and sharding (stage3 too) splits it only
+    afterwards; a model that cannot fit would otherwise fail with an out-of-memory error
+    minutes into loading. `device_bytes` defaults to the current GPU's memory (no check elsewhere).
+    """
+    device = paddle.get_device()
+    if device_bytes is None:
+        if not device.startswith("gpu"):
+            return
+        device_bytes = paddle.device.cuda.get_device_properties(device).total_memory
+    with open_checkpoint(model_dir) as checkpoint:
+        count = sum(math.prod(checkpoint.shape(name)) for name in checkpoint.keys())
+    needed = count * (4 if dtype == "float32" else 2)
+    if needed > device_bytes:
+        raise ValueError(f"the model's {count / 1e9:.1f}B weights need {needed / 2**30:.1f} GiB in {dtype} on every "
+                         f"device before sharding splits them, more than the {device_bytes / 2**30:.1f} GiB of "
+                         f"{device}; use devices with more memory (loading straight into shards is not supported)")
 
 
 def _training_dtype(training_args):
@@ -201,6 +230,13 @@ def resume_checkpoint(training_args):
     return checkpoint
 
 
+def gather_full_parameters(trainer):
+    """Sharding stage3 keeps a slice of each parameter per rank: gather them all on every rank
+    (a collective) before rank 0 writes, the frozen ones too (a frozen ViT, LoRA's base weights)."""
+    if ShardingOption.FULL_SHARD in trainer.args.sharding:
+        trainer.model_wrapped.get_all_parameters(convert2cpu=True, with_freeze_param=True)
+
+
 def main(argv=None, callbacks=None):
     """Fine-tune and export; returns the trainer (None for --dry_run). `callbacks` are TrainerCallbacks."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -226,9 +262,7 @@ def main(argv=None, callbacks=None):
     trainer.save_state()
     if dataset.skipped:
         logger.warning("bad samples skipped: %s", dict(dataset.skipped))
-    if ShardingOption.FULL_SHARD in training_args.sharding:
-        # Stage 3 keeps a slice of each parameter per rank; gather them before writing.
-        trainer.model_wrapped.get_all_parameters(convert2cpu=True)
+    gather_full_parameters(trainer)
     if training_args.should_save:
         tm.export_checkpoint(model, model_dir, training_args.output_dir, dtype=_export_dtype(training_args))
     return trainer

@@ -6,13 +6,13 @@
 # (OpenGVLab/InternVL shell/internvl2.0/2nd_finetune).
 #
 # Environment overrides:
-#   GPUS                   devices in total (default per script)
+#   GPUS                   devices (processes on CPU) in total (default per script)
 #   PER_DEVICE_BATCH_SIZE  samples per device and step (default per script)
 #   BATCH_SIZE             global batch (128 full, 16 LoRA); accumulation = BATCH_SIZE / (PER_DEVICE * GPUS)
 #   MODEL                  checkpoint dir or hub id (default ./pretrained/<MODEL_NAME>)
 #   META_PATH              meta JSON of the datasets (default ./shell/data/internvl_1_2_finetune_custom.json)
 #   OUTPUT_DIR             default work_dirs/internvl_chat_v2_0/<script name>
-#   DEVICE                 gpu (default) or npu
+#   DEVICE                 gpu (default), npu, or cpu (fp32, for trying small checkpoints and data)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   multi-node launch (GPUS counts all nodes)
 #   PYTHON                 interpreter (default python)
 #   DRY_RUN=1              print the launch command, check the arguments and data files, launch nothing
@@ -74,8 +74,9 @@ done
   fail "BATCH_SIZE=${BATCH_SIZE} is not a multiple of PER_DEVICE_BATCH_SIZE * GPUS = $((PER_DEVICE_BATCH_SIZE * GPUS))"
 GRADIENT_ACC=$((BATCH_SIZE / PER_DEVICE_BATCH_SIZE / GPUS))
 DEVICES_PER_NODE=$((GPUS / NNODES))
-DEVICE_IDS="$(seq -s, 0 $((DEVICES_PER_NODE - 1)))"
 
+# The official bf16 recipe; fp32 master weights and gradients, parameters split by stage1.
+PRECISION_ARGS=(--bf16 True --fp16_opt_level O2 --amp_master_grad True --split_param True)
 case "${DEVICE}" in
   gpu) ;;
   npu)
@@ -88,7 +89,15 @@ case "${DEVICE}" in
     export FLAGS_npu_split_aclnn=True
     export CUSTOM_DEVICE_BLACK_LIST=set_value,set_value_with_tensor
     ;;
-  *) fail "DEVICE must be gpu or npu, not '${DEVICE}'" ;;
+  cpu)
+    # A functional run (small checkpoints, checking data): Paddle has no bf16 kernels on CPU,
+    # and paddleformers cannot clip fp32 gradients on several ranks.
+    PRECISION_ARGS=(--bf16 False --fp16_opt_level O1 --amp_master_grad False --split_param False)
+    if (( GPUS > 1 )); then
+      PRECISION_ARGS+=(--max_grad_norm 0)
+    fi
+    ;;
+  *) fail "DEVICE must be gpu, npu or cpu, not '${DEVICE}'" ;;
 esac
 
 if [[ "${MODE}" == full ]]; then
@@ -110,10 +119,7 @@ TRAIN_ARGS=(
   "${TRAINABLE_ARGS[@]}"
   --vision_select_layer -1
   --dataloader_num_workers 4
-  --bf16 True
-  --fp16_opt_level O2
-  --amp_master_grad True
-  --split_param True
+  "${PRECISION_ARGS[@]}"
   --num_train_epochs 1
   --per_device_train_batch_size "${PER_DEVICE_BATCH_SIZE}"
   --gradient_accumulation_steps "${GRADIENT_ACC}"
@@ -138,7 +144,12 @@ TRAIN_ARGS=(
   "$@"
 )
 
-LAUNCH=("${PYTHON}" -m paddle.distributed.launch --devices "${DEVICE_IDS}" --log_dir "${OUTPUT_DIR}/launch_logs")
+if [[ "${DEVICE}" == cpu ]]; then
+  LAUNCH=("${PYTHON}" -m paddle.distributed.launch --nproc_per_node "${DEVICES_PER_NODE}")
+else
+  LAUNCH=("${PYTHON}" -m paddle.distributed.launch --devices "$(seq -s, 0 $((DEVICES_PER_NODE - 1)))")
+fi
+LAUNCH+=(--log_dir "${OUTPUT_DIR}/launch_logs")
 if (( NNODES > 1 )); then
   LAUNCH+=(--nnodes "${NNODES}" --rank "${NODE_RANK:-0}" --master "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-34229}")
 fi
