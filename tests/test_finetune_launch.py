@@ -8,6 +8,7 @@ ranks (fp32 clipping, sharding stage3).
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -18,22 +19,24 @@ from paddleformers.trainer.trainer_utils import ShardingOption
 
 from paddlemix.examples.internvl2.internvl_chat_finetune import gather_full_parameters
 from paddlemix.models.internvl2 import InternVLChatModel
+from paddlemix.models.internvl2.checkpoint import CheckpointError, open_checkpoint
 from paddlemix.models.internvl2.train_trainer import COMPLETE_MARKER
 from reference import REPO_ROOT
 from test_finetune_e2e import meta, tensors, tiny  # noqa: F401  (module fixtures)
 
 SCRIPT = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "internvl_chat_finetune.py"
+STAGE3_ON_CPU = REPO_ROOT / "tests" / "stage3_on_cpu.py"
 SHELL_DIR = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "shell" / "internvl2.0" / "2nd_finetune"
 
 
-def launch(tiny, meta, tmp_path, *extra):
+def launch(tiny, meta, tmp_path, *extra, script=SCRIPT):
     args = ["--model_name_or_path", tiny, "--meta_path", meta, "--output_dir", str(tmp_path / "out"),
             "--max_dynamic_patch", "1", "--video_frames", "2", "--max_seq_length", "1024",
             "--per_device_train_batch_size", "1", "--logging_steps", "1", "--seed", "7", "--save_steps", "1000",
             "--max_steps", "3", "--learning_rate", "2e-3", "--freeze_backbone", "True", "--device", "cpu",
             "--sharding", "stage1", *extra]
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(tmp_path / "logs"),
-           "--nproc_per_node", "2", str(SCRIPT), *args]
+           "--nproc_per_node", "2", str(script), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO_ROOT)
 
@@ -42,9 +45,16 @@ def worker_log(tmp_path, rank):
     return (tmp_path / "logs" / f"workerlog.{rank}").read_text(errors="replace")
 
 
+def failure(proc, tmp_path):
+    """What a failed launch left: the ends of both workers' logs and of the launcher's output."""
+    logs = [f"--- worker {rank} ---\n" + worker_log(tmp_path, rank)[-2000:] for rank in (0, 1)
+            if (tmp_path / "logs" / f"workerlog.{rank}").exists()]
+    return "\n".join([*logs, "--- launcher ---", (proc.stdout + proc.stderr)[-1500:]])
+
+
 def test_two_ranks_train_and_rank_zero_exports(tiny, meta, tmp_path):  # noqa: F811
     proc = launch(tiny, meta, tmp_path, "--max_grad_norm", "0")
-    assert proc.returncode == 0, worker_log(tmp_path, 0)[-3000:]
+    assert proc.returncode == 0, failure(proc, tmp_path)
     for rank in (0, 1):
         log = worker_log(tmp_path, rank)
         assert "world_size                    : 2" in log
@@ -57,6 +67,20 @@ def test_two_ranks_train_and_rank_zero_exports(tiny, meta, tmp_path):  # noqa: F
     assert model.config.llm.num_hidden_layers == InternVLChatModel.from_pretrained(tiny).config.llm.num_hidden_layers
 
 
+def test_master_gradients_clip_on_two_ranks(tiny, meta, tmp_path):  # noqa: F811
+    """The bf16 scripts' optimizer path (paddle's MixPrecisionOptimizer with fp32 master gradients,
+    clipping at 1.0 over both ranks). On CPU bf16 autocast is a no-op, so the numbers stay fp32;
+    the export is bf16, as the scripts'."""
+    proc = launch(tiny, meta, tmp_path, "--bf16", "True", "--fp16_opt_level", "O1", "--amp_master_grad", "True",
+                  "--max_grad_norm", "1.0")
+    log = worker_log(tmp_path, 0)
+    assert proc.returncode == 0, failure(proc, tmp_path)
+    norms = [float(value) for value in re.findall(r"global_norm: ([0-9.]+)", log)]
+    assert len(norms) == 3 and all(norm > 1.0 for norm in norms)  # so the clip was active
+    with open_checkpoint(str(tmp_path / "out")) as checkpoint:
+        assert {checkpoint.get_stored(name)[1] for name in checkpoint.keys()} == {"BF16"}
+
+
 def test_fp32_clipping_on_two_ranks_is_one_clear_error(tiny, meta, tmp_path):  # noqa: F811
     proc = launch(tiny, meta, tmp_path)
     assert proc.returncode != 0
@@ -67,12 +91,65 @@ def test_fp32_clipping_on_two_ranks_is_one_clear_error(tiny, meta, tmp_path):  #
     assert "Traceback" not in log
 
 
-def test_stage3_on_cpu_ranks_is_one_clear_error(tiny, meta, tmp_path):  # noqa: F811
-    proc = launch(tiny, meta, tmp_path, "--max_grad_norm", "0", "--sharding", "stage3")
+@pytest.mark.parametrize("args, message", [
+    (("--sharding", "stage3"), "sharding stage3 runs on GPUs, XPUs and NPUs only (Paddle refuses it on CPU); "
+                               "use --sharding stage1 on CPU"),
+    (("--split_param", "True", "--bf16", "True", "--fp16_opt_level", "O1", "--amp_master_grad", "True"),
+     "--split_param True runs on GPUs, XPUs and NPUs only (Paddle's fused buffers); pass --split_param False on CPU"),
+    (("--split_param", "True"), "invalid arguments: Currently sharding stage1 v2 only support amp_master_grad"),
+])
+def test_what_cpu_ranks_cannot_run_is_one_clear_error(tiny, meta, tmp_path, args, message):  # noqa: F811
+    proc = launch(tiny, meta, tmp_path, "--max_grad_norm", "0", *args)
     assert proc.returncode != 0
     errors = [line for line in worker_log(tmp_path, 0).splitlines() if line.startswith("error: ")]
-    assert errors == ["error: sharding stage3 runs on GPUs, XPUs and NPUs only (Paddle refuses it on CPU); "
-                      "use --sharding stage1 on CPU"]
+    assert errors == ["error: " + message]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_stage3_trains_saves_resumes_and_exports_exactly_as_stage1(tiny, meta, tmp_path, mode):  # noqa: F811
+    """Paddle's stage3 code on two CPU processes (stage3_on_cpu.py lifts its CPU refusal): the
+    losses and the exported weights equal stage1's bitwise, frozen slices (the ViT; in LoRA the
+    base weights, embeddings and head) included; checkpoints save at every step, and a run
+    resumed from one ends the same."""
+    extra = ("--max_grad_norm", "0") + (("--freeze_llm", "True", "--freeze_mlp", "True", "--use_llm_lora", "8")
+                                        if mode == "lora" else ())
+    stage1 = launch(tiny, meta, tmp_path / "stage1", *extra)
+    stage3 = launch(tiny, meta, tmp_path / "stage3", *extra, "--sharding", "stage3", "--save_steps", "1",
+                    script=STAGE3_ON_CPU)  # a save after every step: the second one used to fail under LoRA
+    assert stage1.returncode == 0, failure(stage1, tmp_path / "stage1")
+    assert stage3.returncode == 0, failure(stage3, tmp_path / "stage3")
+    log = worker_log(tmp_path / "stage3", 0)
+    sliced = re.search(r"GroupShardedStage3 on CPU: (\d+) parameters sliced over 2 ranks", log)
+    frozen = re.search(r"sharding stage3: (\d+) frozen sliced parameters go back to their slices", log)
+    assert sliced and frozen and int(sliced.group(1)) > int(frozen.group(1)) > 0  # the ViT at least is frozen
+    # Released layer by layer in backward: at the step's end only the few whose input needs no gradient are left.
+    whole = re.search(r"sharding stage3: (\d+) of (\d+) frozen sliced parameters were still whole", log)
+    assert whole and int(whole.group(1)) <= 2, whole
+    resumed = tmp_path / "resumed"
+    (resumed / "out").mkdir(parents=True)
+    shutil.copytree(tmp_path / "stage3" / "out" / "checkpoint-2", resumed / "out" / "checkpoint-2")
+    proc = launch(tiny, meta, resumed, *extra, "--sharding", "stage3", "--save_steps", "2", script=STAGE3_ON_CPU)
+    assert proc.returncode == 0, failure(proc, resumed)
+
+    losses = {name: re.findall(r" - loss: ([0-9.]+),", worker_log(tmp_path / name, 0))
+              for name in ("stage1", "stage3", "resumed")}
+    assert len(losses["stage1"]) == 3 and losses["stage3"] == losses["stage1"]
+    assert losses["resumed"] == losses["stage1"][2:]
+    exported = {name: tensors(str(tmp_path / name / "out")) for name in ("stage1", "stage3", "resumed")}
+    for name in ("stage3", "resumed"):
+        assert exported[name].keys() == exported["stage1"].keys()
+        for key, value in exported["stage1"].items():
+            np.testing.assert_array_equal(exported[name][key], value, err_msg=f"{name}: {key}")
+    base = tensors(tiny)
+    assert any(not np.array_equal(value, base[key]) for key, value in exported["stage3"].items())  # it trained
+
+
+def test_an_ungathered_parameter_stops_the_export(tiny, tmp_path):  # noqa: F811
+    model = InternVLChatModel.from_pretrained(tiny)
+    model.language_model.embed_tokens.weight._clear_data()  # what stage3 leaves on a rank before gathering
+    with pytest.raises(CheckpointError, match="language_model.embed_tokens.weight holds no data"):
+        model.save_pretrained(str(tmp_path / "out"))
+    assert not list((tmp_path / "out").glob("*.safetensors"))
 
 
 def test_stage3_export_gathers_the_frozen_slices_too():

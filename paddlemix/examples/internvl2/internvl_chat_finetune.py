@@ -89,9 +89,12 @@ class FinetuneTrainingArguments(TrainingArguments):
 def parse_arguments(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = PdArgumentParser((ModelArguments, DataTrainingArguments, FinetuneTrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        return parser.parse_args_into_dataclasses(args=argv)
+    except AssertionError as err:  # TrainingArguments checks combinations with asserts
+        raise ValueError(f"invalid arguments: {err}") from err
 
 
 def check_arguments(model_args, data_args, training_args):
@@ -118,9 +121,12 @@ def check_arguments(model_args, data_args, training_args):
         raise ValueError("on several ranks, gradient clipping needs --amp_master_grad True (bf16); "
                          "fp32 runs must pass --max_grad_norm 0")
     if (training_args.world_size > 1 and ShardingOption.FULL_SHARD in training_args.sharding
-            and training_args.device == "cpu"):
+            and not stage3_runs_on(training_args.device)):
         raise ValueError("sharding stage3 runs on GPUs, XPUs and NPUs only (Paddle refuses it on CPU); "
                          "use --sharding stage1 on CPU")
+    if training_args.world_size > 1 and training_args.split_param and training_args.device == "cpu":
+        raise ValueError("--split_param True runs on GPUs, XPUs and NPUs only (Paddle's fused buffers); "
+                         "pass --split_param False on CPU")
     for source in load_meta(data_args.meta_path):
         if not os.path.isfile(source.annotation):
             raise ValueError(f"dataset {source.name!r}: annotation file '{source.annotation}' does not exist")
@@ -138,6 +144,11 @@ def check_arguments(model_args, data_args, training_args):
             raise ValueError(f"--unfreeze_vit_layers {model_args.unfreeze_vit_layers}: the ViT has only "
                              f"{config.vision.num_hidden_layers} layers")
     return config
+
+
+def stage3_runs_on(device):
+    """Paddle's sharding stage3 asserts a GPU, an XPU or a custom device (an NPU)."""
+    return device != "cpu"
 
 
 def load_model(model_args, data_args, training_args):
@@ -265,8 +276,24 @@ def main(argv=None, callbacks=None):
     gather_full_parameters(trainer)
     if training_args.should_save:
         tm.export_checkpoint(model, model_dir, training_args.output_dir, dtype=_export_dtype(training_args))
+    if training_args.world_size > 1:
+        paddle.distributed.barrier()  # every rank waits for the export before it leaves
     return trainer
 
 
+def cli(argv=None):
+    """The command line: one-line user errors; a finished multi-process run exits at once.
+
+    Everything is written and flushed by then. Skipping Paddle's C++ teardown matters because
+    rank 0 sometimes aborted (SIGABRT) there after a finished run on two CPU processes.
+    """
+    run_main(main, argv)
+    if paddle.distributed.get_world_size() > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 if __name__ == "__main__":
-    run_main(main)
+    cli()

@@ -327,6 +327,9 @@ class InternVLChatModel(nn.Layer):
         for name, param, keys, is_linear in self._checkpoint_entries():
             if name == "language_model.lm_head.weight" and self.config.llm.tie_word_embeddings:
                 continue  # saved once, as the embeddings
+            if not param._is_initialized():  # numpy() would give a silently empty array
+                raise CheckpointError(f"parameter {name} holds no data (a slice sharding stage3 did not gather?); "
+                                      "nothing was written")
             array = param.astype("float32").numpy()
             if is_linear:
                 array = np.ascontiguousarray(array.T)

@@ -1,12 +1,19 @@
-"""paddleformers' Trainer with what InternVL fine-tuning adds: length-grouped batches and
-checkpoints that only count once they are complete.
+"""paddleformers' Trainer with what InternVL fine-tuning adds: length-grouped batches,
+checkpoints that only count once they are complete, and frozen parameters under sharding stage3.
 
 Trainer writes a checkpoint-N folder file by file (weights, optimizer shards of every
 rank, scheduler, RNG, trainer state). A run killed in the middle leaves a folder that
 looks like a checkpoint but lacks some of them; resuming from it would silently restart
 the optimizer or the schedule. InternVLTrainer writes COMPLETE_MARKER after every rank
 has finished, resumes only from marked folders, and refuses an unmarked one.
+
+Paddle's stage3 gathers a layer's full parameters before its backward and gives them back to
+their slices from the gradient hooks of trainable parameters only. A frozen parameter on the
+gradient path (LoRA's base weights, a frozen head or projector) therefore stays whole on every
+rank after the first backward: the memory stage3 should save is lost, and the next checkpoint
+save fails with a KeyError. FrozenSlices gives them back after each layer's backward.
 """
+import collections
 import contextlib
 import json
 import logging
@@ -16,6 +23,8 @@ import re
 import numpy as np
 import paddle
 import paddle.distributed as dist
+from paddle.autograd import PyLayer
+from paddle.distributed.fleet.meta_parallel.sharding.group_sharded_stage3 import GroupShardedStage3
 from paddleformers.trainer import Trainer
 from paddleformers.utils.batch_sampler import MappingDistributedBatchSampler
 
@@ -88,8 +97,97 @@ class LengthGroupedBatchSampler(MappingDistributedBatchSampler):
             yield batch
 
 
+class _AfterBackward(PyLayer):
+    """Identity on a layer's input whose backward runs once the layer's own backward is done."""
+
+    @staticmethod
+    def forward(ctx, tensor, callback):
+        ctx.callback = callback
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.callback()
+        return grad
+
+
+class FrozenSlices:
+    """Returns stage3's gathered frozen parameters to their slices (see the module docstring).
+
+    The layer owning a frozen sliced parameter gets its input wrapped by _AfterBackward, so the
+    parameter is released as soon as that layer's backward has used it; `release_all` after
+    every training step catches the rest (layers whose input needs no gradient, as the first
+    LoRA layer, and parameters shared by several layers).
+    """
+
+    def __init__(self, stage3):
+        self.stage3 = stage3
+        self.reported = False
+        self.frozen = [param for param in stage3._layer.parameters()
+                       if param.name in stage3._param2buffer_size and param.stop_gradient]
+        owners = collections.defaultdict(list)
+        for layer in stage3._layer.sublayers(include_self=True):
+            for param in layer.parameters(include_sublayers=False):
+                owners[id(param)].append(layer)
+        for param in self.frozen:
+            if len(owners[id(param)]) == 1:  # a shared one may still be needed by another layer's backward
+                owners[id(param)][0].register_forward_pre_hook(self._hook([param]))
+
+    def _hook(self, params):
+        def release():
+            for param in params:
+                self.release(param)
+
+        def wrap_inputs(layer, inputs):
+            return tuple(_AfterBackward.apply(value, release)
+                         if isinstance(value, paddle.Tensor) and not value.stop_gradient else value
+                         for value in inputs)
+        return wrap_inputs
+
+    def release(self, param):
+        """As stage3 does for a trainable parameter after its gradient: keep this rank's slice."""
+        full_params = self.stage3._task_flow.full_param
+        if getattr(param, "status", None) != "all" or param.name not in full_params:
+            return
+        start, end = self.stage3._param2buffer[param.name][self.stage3._rank]
+        param.use_count = 0
+        param._clear_data()
+        param.fw_storage = full_params[param.name][0]._slice(start, end).detach().clone()
+        param.status = "part"
+        del full_params[param.name]
+
+    def release_all(self):
+        whole = [param for param in self.frozen if getattr(param, "status", None) == "all"]
+        if not self.reported:
+            self.reported = True
+            logger.info("sharding stage3: %d of %d frozen sliced parameters were still whole after the first "
+                        "training step", len(whole), len(self.frozen))
+        for param in whole:
+            self.release(param)
+
+
 class InternVLTrainer(Trainer):
-    """Trainer + group_by_length + complete-only checkpoints (see the module docstring)."""
+    """Trainer + group_by_length + complete-only checkpoints + stage3 with frozen parameters
+    (see the module docstring)."""
+
+    frozen_slices = None
+
+    def _wrap_model(self, model, training=True):
+        wrapped = super()._wrap_model(model, training)
+        if isinstance(wrapped, GroupShardedStage3) and self.frozen_slices is None:
+            self.frozen_slices = FrozenSlices(wrapped)
+            if self.frozen_slices.frozen and wrapped._offload:
+                raise ValueError("sharding stage3 offload cannot run with frozen parameters (a frozen ViT, LoRA); "
+                                 "drop enable_stage3_offload")
+            logger.info("sharding stage3: %d frozen sliced parameters go back to their slices after each backward",
+                        len(self.frozen_slices.frozen))
+        return wrapped
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if self.frozen_slices is not None:
+            self.frozen_slices.release_all()
+        return loss
 
     def _get_train_sampler(self):
         if not getattr(self.args, "group_by_length", False):
