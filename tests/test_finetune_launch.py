@@ -1,9 +1,9 @@
 """internvl_chat_finetune.py on two ranks through `python -m paddle.distributed.launch`, on CPU.
 
-The only multi-process run possible here: fp32 data parallel with sharding stage1 over two CPU
-processes (gloo). It checks the launch path, the per-rank data split, the rank-0 export, the
-shipped shell scripts with DEVICE=cpu, and the one-sentence errors for what cannot run on CPU
-ranks (fp32 clipping, sharding stage3).
+fp32 over two CPU processes (gloo): sharding stage1, fp32 master gradients with clipping, and
+sharding stage3 through Paddle's own code (stage3_on_cpu.py lifts its CPU refusal). It checks the
+launch path, the per-rank data split, saving, resuming and the rank-0 export, the shipped shell
+scripts with DEVICE=cpu, and the one-sentence errors for what cannot run on CPU ranks.
 """
 import json
 import os
@@ -153,8 +153,9 @@ def test_an_ungathered_parameter_stops_the_export(tiny, tmp_path):  # noqa: F811
 
 
 def test_stage3_export_gathers_the_frozen_slices_too():
-    """Stage3 cannot run here; this pins the call paddle needs (its default skips frozen parameters,
-    which would leave a frozen ViT or LoRA's base weights empty in the export)."""
+    """Pins the call Paddle needs without launching (its default skips frozen parameters, which
+    would leave a frozen ViT or LoRA's base weights empty in the export); the stage3 runs above
+    cover it end to end."""
     calls = []
     wrapped = SimpleNamespace(get_all_parameters=lambda **kwargs: calls.append(kwargs))
     for sharding, expected in (([ShardingOption.FULL_SHARD], [{"convert2cpu": True, "with_freeze_param": True}]),

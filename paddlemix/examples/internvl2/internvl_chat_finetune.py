@@ -157,8 +157,9 @@ def load_model(model_args, data_args, training_args):
     if model_dir != model_args.model_name_or_path:  # downloaded: check its config.json too
         check_arguments(dataclasses.replace(model_args, model_name_or_path=model_dir), data_args, training_args)
     tokenizer = load_tokenizer(model_dir)
-    check_weights_fit_device(model_dir, _training_dtype(training_args))
-    model = InternVLChatModel.from_pretrained(model_dir, dtype=_training_dtype(training_args))
+    dtype = _training_dtype(training_args)
+    check_weights_fit_device(model_dir, dtype)
+    model = InternVLChatModel.from_pretrained(model_dir, dtype=dtype)
     tm.configure(model, template=data_args.conv_style or model.config.template,
                  select_layer=model_args.vision_select_layer, ps_version=model_args.ps_version,
                  force_image_size=data_args.force_image_size, dynamic_image_size=data_args.dynamic_image_size,
