@@ -13,7 +13,7 @@ IMAGE ?= paddlemix/demo_images/examples_image1.jpg
 TEXT ?= Please describe this image in detail.
 PYTEST_ARGS ?=
 
-.PHONY: install install-test reference browser demo test clean
+.PHONY: install install-test reference browser qemu demo test clean
 
 install: $(VENV)/.installed
 
@@ -43,12 +43,16 @@ $(REF_VENV)/.installed: requirements/reference.txt
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Debian's qemu-user: tests/test_portability.py runs the model on an emulated CPU without AVX-512.
+qemu:
+	@command -v qemu-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; }
+
 demo: install
 	$(PY) paddlemix/examples/internvl2/chat_demo.py \
 		--model_name_or_path $(MODEL) --image_path $(IMAGE) --text "$(TEXT)"
 
-test: install-test reference browser
-	PADDLEMIX_REF_PYTHON=$(CURDIR)/$(REF_PY) PADDLEMIX_REQUIRE_REF=1 \
+test: install-test reference browser qemu
+	PADDLEMIX_REF_PYTHON=$(CURDIR)/$(REF_PY) PADDLEMIX_REQUIRE_REF=1 PADDLEMIX_REQUIRE_QEMU=1 \
 		$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -44,3 +44,10 @@ def random_pixels(tiles, seed, size=448):
     import paddle
 
     return paddle.to_tensor(np.random.RandomState(seed).standard_normal((tiles, 3, size, size)).astype(np.float32))
+
+
+if os.environ.get("PADDLEMIX_SIMULATE_NO_AVX512") == "1":
+    # Runs the suite as on a CPU without AVX-512 (test_portability.py uses it for test_kernels.py).
+    import paddle  # noqa: E402
+
+    paddle.base.core.supports_avx512f = lambda: False

@@ -7,8 +7,11 @@ does not care which one ran.
   it has no CPU backward) and SwiGLU (2x on a 300-token prefill).
 * CPU only: `Linear` folds the bias into the product (10-18% faster on the ViT and the prefill).
 Other devices (NPUs) take the plain ops. PADDLEMIX_FUSED_KERNELS=0 turns every fused kernel off.
-Measurements: docs/performance.md.
+Some of Paddle's CPU kernels need more than the x86-64 baseline and do not check for it (they die
+with SIGILL); `CPU_KERNEL_NEEDS` lists them and they run only where the CPU says it has the feature.
+Measurements: docs/performance.md; the audit of the CPU kernels: docs/portability.md.
 """
+import logging
 import math
 import os
 
@@ -18,6 +21,29 @@ import paddle.nn.functional as F
 from paddle import nn
 
 ENABLED = os.environ.get("PADDLEMIX_FUSED_KERNELS", "1") != "0"
+
+logger = logging.getLogger(__name__)
+
+# Paddle CPU kernels the project calls that use instructions beyond what every x86-64 CPU has.
+# Paddle 3.3 compiles these with AVX-512 intrinsics and checks nothing at run time, so on an
+# AVX2-only CPU (AMD Zen 1-3, Intel client chips since Alder Lake) they kill the process.
+CPU_KERNEL_NEEDS = {"fused_rms_norm": "avx512f"}
+
+# Run-time (cpuid) queries; `paddle.is_compiled_with_avx()` says how Paddle was built, not what this CPU has.
+CPU_FEATURE_QUERIES = {"avx512f": lambda: paddle.base.core.supports_avx512f()}
+
+_logged_choices = set()
+
+
+def cpu_kernel_runs(name):
+    """Whether Paddle's CPU kernel `name` may run on this CPU; says once, at debug level, which path runs."""
+    feature = CPU_KERNEL_NEEDS.get(name)
+    runs = feature is None or bool(CPU_FEATURE_QUERIES[feature]())
+    if (name, runs) not in _logged_choices:
+        _logged_choices.add((name, runs))
+        logger.debug("CPU kernel %s: %s", name, "Paddle's fused kernel" if runs else
+                     f"the plain ops (this CPU lacks {feature})")
+    return runs
 
 
 def fused_enabled(tensor):
@@ -63,7 +89,7 @@ def swiglu(gate_up):
 def rms_norm(x, weight, eps):
     """weight * x / rms(x), the RMS taken in float32 as the reference models do."""
     # Paddle has no CPU backward for it: training on CPU takes the plain ops.
-    if fused_enabled(x) or (_cpu_or_gpu(x) and not _needs_grad(x, weight)):
+    if fused_enabled(x) or (_cpu_or_gpu(x) and not _needs_grad(x, weight) and cpu_kernel_runs("fused_rms_norm")):
         return IF.fused_rms_norm(x, weight, None, eps, begin_norm_axis=x.ndim - 1)[0]
     x32 = x.astype("float32")
     x32 = x32 * paddle.rsqrt(x32.pow(2).mean(axis=-1, keepdim=True) + eps)
