@@ -1,15 +1,86 @@
-"""Shared plumbing for the command-line demos: common options, model loading, one-line user errors."""
+"""Shared plumbing for the command lines: common options, model loading, a quiet terminal, one-line user errors."""
+import contextlib
+import importlib
+import io
 import logging
 import sys
+import warnings
 
 # Errors a user can cause and fix (bad path, no network, wrong dtype, bad prompt...):
 # they print one sentence and exit non-zero instead of a traceback.
 USER_ERRORS = (ValueError, OSError, NotImplementedError)
 
 
-def setup_logging(verbose=False):
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# What Paddle, paddleformers, transformers and setuptools print while they are imported (Paddle's
+# OMP_NUM_THREADS advice, "No ccache found", "PyTorch was not found", ...), held for --verbose.
+_held_notices = []
+
+
+def hold_import_notices(*modules):
+    """Import paddle, paddleformers and `modules` with their import-time notices held back (see setup_logging).
+
+    A command line calls this before anything imports paddle; the notices are shown with --verbose.
+    """
+    modules = [name for name in ("paddle", "paddleformers", *modules) if name not in sys.modules]
+    if not modules:
+        return
+    held = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(held):
+        warnings.simplefilter("always")
+        for name in modules:
+            importlib.import_module(name)
+    # Handlers made during the imports would keep writing into `held`. Paddle puts one on the root
+    # logger, which would make our logging.basicConfig a no-op: that one goes.
+    root = logging.getLogger()
+    for logger in [root] + list(logging.Logger.manager.loggerDict.values()):
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is held:
+                if logger is root:
+                    root.removeHandler(handler)
+                else:
+                    handler.setStream(sys.stderr)
+    _held_notices.append(held.getvalue())
+    _held_notices.extend(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+
+
+class _ThirdPartyFilter(logging.Filter):
+    """Lets a third-party logger's errors through, and with `keep_info` the INFO records of the
+    paddleformers Trainer's own files (its steps, losses and metrics)."""
+
+    TRAINER_FILES = ("trainer.py", "trainer_callback.py")
+
+    def __init__(self, keep_info):
+        super().__init__()
+        self.keep_info = keep_info
+
+    def filter(self, record):
+        return record.levelno >= logging.ERROR or (
+            self.keep_info and record.levelno == logging.INFO and record.filename in self.TRAINER_FILES)
+
+
+def setup_logging(verbose=False, level=None, keep_third_party_info=False):
+    """Our log lines at `level` (INFO with --verbose, else WARNING); third-party output only with --verbose.
+
+    Without --verbose a user sees progress bars, our log lines and the answer: Python warnings,
+    paddleformers' and transformers' notices and sentencepiece's C++ warnings are dropped (the
+    fine-tune keeps the INFO lines of paddleformers' Trainer, which are its progress and losses).
+    """
+    hold_import_notices()
+    level = level or (logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        for notice in _held_notices:
+            sys.stderr.write(notice)
+        _held_notices.clear()
+        return
+    warnings.simplefilter("ignore")
+    for name in ("PaddleFormers", "transformers"):  # their own handlers, which children's records reach too
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(old, _ThirdPartyFilter) for old in handler.filters):
+                handler.addFilter(_ThirdPartyFilter(keep_third_party_info and name == "PaddleFormers"))
+    import sentencepiece
+
+    sentencepiece.set_min_log_level(2)  # its C++ (absl) warnings go straight to the terminal
 
 
 def add_model_arguments(parser, max_num):

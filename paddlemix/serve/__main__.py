@@ -6,7 +6,7 @@ import argparse
 import logging
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
-from paddlemix.cli import prepare_device, run_main
+from paddlemix.cli import prepare_device, run_main, setup_logging
 
 logger = logging.getLogger("paddlemix.serve")
 
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose=args.log_level == "debug", level=args.log_level.upper())
     import uvicorn
 
     from paddlemix.models.internvl2 import InternVLChatModel, load_tokenizer

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
-import paddle
+from paddlemix.cli import hold_import_notices, run_main, setup_logging
+
+hold_import_notices("paddleformers.trainer.trainer")  # import-time notices, shown with --verbose
+import paddle  # noqa: E402
 from paddle.utils import unique_name
 from paddleformers.trainer import PdArgumentParser, TrainingArguments, set_seed
 from paddleformers.trainer.trainer_utils import ShardingOption
 
-from paddlemix.cli import run_main
 from paddlemix.models.internvl2 import InternVLChatModel, load_tokenizer
 from paddlemix.models.internvl2 import train_model as tm
 from paddlemix.models.internvl2.checkpoint import open_checkpoint
@@ -41,6 +43,8 @@ logger = logging.getLogger("internvl_chat_finetune")
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "checkpoint directory or hub id"})
+    verbose: bool = field(default=False, metadata={"help": "also show third-party warnings and the Trainer's "
+                                                           "argument dump"})
     freeze_llm: bool = field(default=False, metadata={"help": "freeze the language model"})
     freeze_backbone: bool = field(default=False, metadata={"help": "freeze the vision transformer"})
     freeze_mlp: bool = field(default=False, metadata={"help": "freeze the mlp1 projector"})
@@ -251,7 +255,9 @@ def gather_full_parameters(trainer):
 
 def main(argv=None, callbacks=None):
     """Fine-tune and export; returns the trainer (None for --dry_run). `callbacks` are TrainerCallbacks."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before parsing, which logs third-party notices. INFO: our lines and the Trainer's progress.
+    setup_logging("--verbose" in argv, level=logging.INFO, keep_third_party_info=True)
     model_args, data_args, training_args = parse_arguments(argv)
     check_arguments(model_args, data_args, training_args)
     if training_args.dry_run:

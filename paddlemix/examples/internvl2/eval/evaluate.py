@@ -10,10 +10,12 @@ import argparse
 import os
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
-from paddlemix.cli import run_main, setup_logging
-from paddlemix.examples.internvl2.eval import runner
-from paddlemix.examples.internvl2.eval.datafiles import read_json, write_json
-from paddlemix.examples.internvl2.eval.tasks import DATASETS, build_task, check_visuals
+from paddlemix.cli import hold_import_notices, run_main, setup_logging
+
+hold_import_notices()  # before the tasks import paddle; shown with --verbose
+from paddlemix.examples.internvl2.eval import runner  # noqa: E402
+from paddlemix.examples.internvl2.eval.datafiles import read_json, write_json  # noqa: E402
+from paddlemix.examples.internvl2.eval.tasks import DATASETS, build_task, check_visuals  # noqa: E402
 
 
 def parse_args(argv=None):
