@@ -6,9 +6,11 @@ import logging
 import sys
 import warnings
 
-# Errors a user can cause and fix (bad path, no network, wrong dtype, bad prompt...):
+from .extras import MissingExtraError
+
+# Errors a user can cause and fix (bad path, no network, wrong dtype, bad prompt, a missing extra...):
 # they print one sentence and exit non-zero instead of a traceback.
-USER_ERRORS = (ValueError, OSError, NotImplementedError)
+USER_ERRORS = (ValueError, OSError, NotImplementedError, MissingExtraError)
 
 
 # What Paddle, paddleformers, transformers and setuptools print while they are imported (Paddle's

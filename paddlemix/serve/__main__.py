@@ -7,6 +7,7 @@ import logging
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
 from paddlemix.cli import prepare_device, run_main, setup_logging
+from paddlemix.extras import require
 
 logger = logging.getLogger("paddlemix.serve")
 
@@ -50,7 +51,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(verbose=args.log_level == "debug", level=args.log_level.upper())
-    import uvicorn
+    uvicorn = require("uvicorn", "serve")
+    require("fastapi", "serve")
 
     from paddlemix.models.internvl2 import InternVLChatModel, load_tokenizer
 

@@ -14,6 +14,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ...extras import require
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -216,7 +218,7 @@ def _frame_chooser(path, bound, num_segments):
 
 def _decord_frames(path, choose):
     """RGB frames read by decord, one seek per frame as in the model card."""
-    import decord
+    decord = require("decord", "video")
 
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)

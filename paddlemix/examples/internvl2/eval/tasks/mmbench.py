@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Dict, Sequence
 
+from paddlemix.extras import require
+
 from ..choice_metrics import circular_accuracy, mmbench_option
 from ..visuals import EncodedImage
 from .base import Item, Task
@@ -29,9 +31,7 @@ SUBMISSION_DROPPED = ["hint", "category", "source", "image", "comment", "l2-cate
 
 def _plain(value):
     """A pandas cell as a JSON-friendly Python value (None for NaN)."""
-    import pandas as pd
-
-    if pd.isna(value):
+    if require("pandas", "eval").isna(value):
         return None
     return value.item() if hasattr(value, "item") else value
 
@@ -47,9 +47,7 @@ class MMBenchTask(Task):
         self.filename, self.language = FILES[name]
 
     def load(self):
-        import pandas as pd
-
-        self.table = pd.read_csv(self.require(f"data/mmbench/{self.filename}"), sep="\t")
+        self.table = require("pandas", "eval").read_csv(self.require(f"data/mmbench/{self.filename}"), sep="\t")
         has_answer = "answer" in self.table.columns
         items = []
         for _, row in self.table.iterrows():
@@ -78,7 +76,7 @@ class MMBenchTask(Task):
             import openpyxl  # noqa: F401  (the engine pandas needs for .xlsx)
         except ImportError:
             logger.warning("openpyxl is not installed: writing %s.tsv; the MMBench server wants the .xlsx "
-                           "(pip install openpyxl, then rerun to rewrite it from the saved answers)", stem)
+                           "(pip install -e .[eval], then rerun to rewrite it from the saved answers)", stem)
             sheet.to_csv(stem + ".tsv", sep="\t", index=False)
             return os.path.basename(stem) + ".tsv"
         sheet.to_excel(stem + ".xlsx", index=False, engine="openpyxl")
