@@ -11,6 +11,7 @@ Some of Paddle's CPU kernels need more than the x86-64 baseline and do not check
 with SIGILL); `CPU_KERNEL_NEEDS` lists them and they run only where the CPU says it has the feature.
 Measurements: docs/performance.md; the audit of the CPU kernels: docs/portability.md.
 """
+import contextlib
 import logging
 import math
 import os
@@ -21,6 +22,27 @@ import paddle.nn.functional as F
 from paddle import nn
 
 ENABLED = os.environ.get("PADDLEMIX_FUSED_KERNELS", "1") != "0"
+
+# Every fast path by name, with the devices that take it (the self-check runs them one at a time).
+FAST_PATHS = {"rms_norm": ("gpu", "cpu"), "rope": ("gpu",), "sdpa": ("gpu",), "swiglu": ("gpu", "cpu"),
+              "addmm": ("cpu",)}
+_switched_off = set()
+
+
+@contextlib.contextmanager
+def only_fast_paths(*names):
+    """Within the block, of the fast paths only `names` may run; the others take the plain ops."""
+    unknown = set(names) - set(FAST_PATHS)
+    if unknown:
+        raise ValueError(f"unknown fast path(s) {sorted(unknown)}; known: {', '.join(FAST_PATHS)}")
+    saved = set(_switched_off)
+    _switched_off.clear()
+    _switched_off.update(set(FAST_PATHS) - set(names))
+    try:
+        yield
+    finally:
+        _switched_off.clear()
+        _switched_off.update(saved)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +73,10 @@ def fused_enabled(tensor):
     return ENABLED and tensor.place.is_gpu_place()
 
 
+def _on(name):
+    return name not in _switched_off
+
+
 def _cpu_or_gpu(tensor):
     return ENABLED and (tensor.place.is_gpu_place() or tensor.place.is_cpu_place())
 
@@ -72,7 +98,7 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         rows = math.prod(x.shape[:-1])
-        if self.bias is None or rows < _ADDMM_MIN_ROWS or not (ENABLED and x.place.is_cpu_place()):
+        if self.bias is None or rows < _ADDMM_MIN_ROWS or not (ENABLED and _on("addmm") and x.place.is_cpu_place()):
             return super().forward(x)
         out = paddle.addmm(self.bias.unsqueeze(0), x.reshape([rows, x.shape[-1]]), self.weight)
         return out.reshape(list(x.shape[:-1]) + [self.weight.shape[1]])
@@ -80,7 +106,7 @@ class Linear(nn.Linear):
 
 def swiglu(gate_up):
     """silu(gate) * up for [gate | up] packed on the last axis; one kernel on CPU and GPU (2x faster on CPU)."""
-    if _cpu_or_gpu(gate_up):
+    if _on("swiglu") and _cpu_or_gpu(gate_up):
         return F.swiglu(gate_up)
     gate, up = gate_up.chunk(2, axis=-1)
     return F.silu(gate) * up
@@ -89,7 +115,8 @@ def swiglu(gate_up):
 def rms_norm(x, weight, eps):
     """weight * x / rms(x), the RMS taken in float32 as the reference models do."""
     # Paddle has no CPU backward for it: training on CPU takes the plain ops.
-    if fused_enabled(x) or (_cpu_or_gpu(x) and not _needs_grad(x, weight) and cpu_kernel_runs("fused_rms_norm")):
+    if _on("rms_norm") and (fused_enabled(x) or (_cpu_or_gpu(x) and not _needs_grad(x, weight)
+                                                 and cpu_kernel_runs("fused_rms_norm"))):
         return IF.fused_rms_norm(x, weight, None, eps, begin_norm_axis=x.ndim - 1)[0]
     x32 = x.astype("float32")
     x32 = x32 * paddle.rsqrt(x32.pow(2).mean(axis=-1, keepdim=True) + eps)
@@ -108,7 +135,7 @@ def apply_rotary(x, cos, sin):
     (a chat turn); batches, whose rows have their own positions, take the plain ops.
     """
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    if fused_enabled(x) and cos.shape[0] == 1:
+    if _on("rope") and fused_enabled(x) and cos.shape[0] == 1:
         # use_neox_rotary_style=False is the rotate-half layout (True would pair adjacent values).
         return IF.fused_rotary_position_embedding(x, None, None, sin=sin, cos=cos, use_neox_rotary_style=False)[0]
     return x * cos + rotate_half(x) * sin
@@ -120,7 +147,7 @@ def causal_attention(query, key, value):
     For prefill without padding or cached keys, where the causal triangle is all the mask there is:
     Paddle's SDPA aligns it top-left, which is only right when queries and keys are the same tokens.
     """
-    if fused_enabled(query):
+    if _on("sdpa") and fused_enabled(query):
         return F.scaled_dot_product_attention(query, key, value, is_causal=True, training=False)
     length = query.shape[1]
     mask = paddle.tril(paddle.ones([length, length], dtype="bool")).unsqueeze(0).unsqueeze(0)
@@ -151,7 +178,7 @@ def grouped_attention(query, key, value, mask=None):
 
 def full_attention(query, key, value):
     """Unmasked attention (InternViT), [B, L, H, D] in and out."""
-    if fused_enabled(query):
+    if _on("sdpa") and fused_enabled(query):
         return F.scaled_dot_product_attention(query, key, value, training=False)
     q, k, v = (t.transpose([0, 2, 1, 3]) for t in (query, key, value))
     scores = paddle.matmul(q * (q.shape[-1] ** -0.5), k, transpose_y=True)
