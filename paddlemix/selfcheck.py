@@ -116,9 +116,8 @@ def check_rows(name, kind, dtypes):
     with kernels.only_fast_paths():
         reference = run(model, pixels, ids)
     rows = []
-    for path, devices in kernels.FAST_PATHS.items():
-        used = kind in devices and (path != "rms_norm" or kind != "cpu" or kernels.cpu_kernel_runs("fused_rms_norm"))
-        if not used:
+    for path in kernels.FAST_PATHS:
+        if not kernels.device_takes(path, kind):
             rows.append((path, False, None, None, True))
             continue
         with kernels.only_fast_paths(path):
@@ -176,6 +175,9 @@ def environment_lines(kind):
         props = paddle.device.cuda.get_device_properties(index)
         lines.append(f"device: {device}, {props.name}, {props.total_memory / 2 ** 30:.1f} GiB, "
                      f"compute capability {props.major}.{props.minor}")
+    elif kind == "cpu":
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        lines.append(f"device: cpu, {memory / 2 ** 30:.1f} GiB of RAM")
     else:
         lines.append(f"device: {device}")
     features = np.core._multiarray_umath.__cpu_features__

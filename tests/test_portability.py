@@ -28,7 +28,7 @@ HAS_AVX512 = paddle.base.core.supports_avx512f()
 
 
 # The Paddle functions behind the kernels of CPU_KERNEL_NEEDS.
-AVX512_ONLY_KERNELS = {"fused_rms_norm": (IF, "fused_rms_norm")}
+AVX512_ONLY_KERNELS = {"rms_norm": (IF, "fused_rms_norm")}
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def avx512_kernel_calls(monkeypatch):
         def counted(*args, _name=name, _original=original, **kwargs):
             calls[_name] += 1
             if not paddle.base.core.supports_avx512f():
-                raise AssertionError(f"{_name} (AVX-512 only) ran on a CPU reported without AVX-512")
+                raise AssertionError(f"{_name}'s AVX-512 kernel ran on a CPU reported without AVX-512")
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(module, attr, counted)
@@ -71,7 +71,7 @@ def _run_everything(model, tokenizer):
 def test_without_avx512_no_avx512_kernel_runs_and_the_numbers_are_the_fused_paths(model, tokenizer, monkeypatch,
                                                                                    avx512_kernel_calls):
     fused = _run_everything(model, tokenizer)
-    assert (avx512_kernel_calls["fused_rms_norm"] > 0) == HAS_AVX512  # here the fused path really ran
+    assert (avx512_kernel_calls["rms_norm"] > 0) == HAS_AVX512  # here the fused path really ran
     with pytest.MonkeyPatch.context() as patch:
         _without_avx512(patch)
         calls_before = dict(avx512_kernel_calls)
@@ -87,14 +87,14 @@ def test_the_choice_follows_the_cpu_at_run_time_and_is_logged(monkeypatch, caplo
     monkeypatch.setattr(kernels, "_logged_choices", set())
     with caplog.at_level("DEBUG", logger=kernels.__name__):
         _without_avx512(monkeypatch)
-        assert not kernels.cpu_kernel_runs("fused_rms_norm")
-        assert not kernels.cpu_kernel_runs("fused_rms_norm")
+        assert not kernels.cpu_kernel_runs("rms_norm")
+        assert not kernels.cpu_kernel_runs("rms_norm")
         monkeypatch.setattr(paddle.base.core, "supports_avx512f", lambda: True)
-        assert kernels.cpu_kernel_runs("fused_rms_norm")
+        assert kernels.cpu_kernel_runs("rms_norm")
     assert kernels.cpu_kernel_runs("swiglu")  # plain C++ kernels need nothing
     lines = [record.getMessage() for record in caplog.records]
-    assert lines == ["CPU kernel fused_rms_norm: the plain ops (this CPU lacks avx512f)",
-                     "CPU kernel fused_rms_norm: Paddle's fused kernel"]
+    assert lines == ["CPU kernel of rms_norm: the plain ops (this CPU lacks avx512f)",
+                     "CPU kernel of rms_norm: Paddle's fused kernel"]
 
 
 @pytest.mark.skipif(not HAS_AVX512, reason="Paddle's fused RMSNorm CPU kernel is AVX-512 code; this CPU lacks it")

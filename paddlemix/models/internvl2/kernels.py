@@ -46,10 +46,10 @@ def only_fast_paths(*names):
 
 logger = logging.getLogger(__name__)
 
-# Paddle CPU kernels the project calls that use instructions beyond what every x86-64 CPU has.
-# Paddle 3.3 compiles these with AVX-512 intrinsics and checks nothing at run time, so on an
-# AVX2-only CPU (AMD Zen 1-3, Intel client chips since Alder Lake) they kill the process.
-CPU_KERNEL_NEEDS = {"fused_rms_norm": "avx512f"}
+# Fast paths whose Paddle CPU kernel uses instructions beyond what every x86-64 CPU has. Paddle 3.3
+# compiles `fused_rms_norm` with AVX-512 intrinsics and checks nothing at run time, so on an
+# AVX2-only CPU (AMD Zen 1-3, Intel client chips since Alder Lake) it kills the process.
+CPU_KERNEL_NEEDS = {"rms_norm": "avx512f"}
 
 # Run-time (cpuid) queries; `paddle.is_compiled_with_avx()` says how Paddle was built, not what this CPU has.
 CPU_FEATURE_QUERIES = {"avx512f": lambda: paddle.base.core.supports_avx512f()}
@@ -58,14 +58,19 @@ _logged_choices = set()
 
 
 def cpu_kernel_runs(name):
-    """Whether Paddle's CPU kernel `name` may run on this CPU; says once, at debug level, which path runs."""
+    """Whether the CPU kernel of fast path `name` may run on this CPU; says once, at debug level, which path runs."""
     feature = CPU_KERNEL_NEEDS.get(name)
     runs = feature is None or bool(CPU_FEATURE_QUERIES[feature]())
     if (name, runs) not in _logged_choices:
         _logged_choices.add((name, runs))
-        logger.debug("CPU kernel %s: %s", name, "Paddle's fused kernel" if runs else
+        logger.debug("CPU kernel of %s: %s", name, "Paddle's fused kernel" if runs else
                      f"the plain ops (this CPU lacks {feature})")
     return runs
+
+
+def device_takes(path, kind):
+    """Whether a device of `kind` ("cpu", "gpu", ...) takes fast path `path` on this machine."""
+    return kind in FAST_PATHS[path] and (kind != "cpu" or cpu_kernel_runs(path))
 
 
 def fused_enabled(tensor):
@@ -116,7 +121,7 @@ def rms_norm(x, weight, eps):
     """weight * x / rms(x), the RMS taken in float32 as the reference models do."""
     # Paddle has no CPU backward for it: training on CPU takes the plain ops.
     if _on("rms_norm") and (fused_enabled(x) or (_cpu_or_gpu(x) and not _needs_grad(x, weight)
-                                                 and cpu_kernel_runs("fused_rms_norm"))):
+                                                 and cpu_kernel_runs("rms_norm"))):
         return IF.fused_rms_norm(x, weight, None, eps, begin_norm_axis=x.ndim - 1)[0]
     x32 = x.astype("float32")
     x32 = x32 * paddle.rsqrt(x32.pow(2).mean(axis=-1, keepdim=True) + eps)
