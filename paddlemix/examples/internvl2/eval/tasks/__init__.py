@@ -5,11 +5,13 @@ from .mmbench import MMBenchTask
 from .mme import MMETask
 from .mvbench import MVBenchTask
 from .pope import POPETask
+from .refcoco import SPLITS as REFCOCO_SPLITS
+from .refcoco import RefCOCOTask
 from .scienceqa import ScienceQATask
 from .vqa import SPECS as VQA_SPECS
 from .vqa import VQATask
 
-DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench")
+DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS)
 
 
 def build_task(name: str, root: str, num_segments: int = 16) -> Task:
@@ -18,6 +20,8 @@ def build_task(name: str, root: str, num_segments: int = 16) -> Task:
         return VQATask(name, root)
     if name in MMBENCH_FILES:
         return MMBenchTask(name, root)
+    if name in REFCOCO_SPLITS:
+        return RefCOCOTask(name, root)
     simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask}
     if name in simple:
         return simple[name](root)
