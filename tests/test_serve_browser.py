@@ -78,3 +78,41 @@ def test_chat_page_streams_answers_and_keeps_the_conversation(server, page, mode
     assert first == expected
     assert second == model.chat(tokenizer, load_image(DEMO_IMAGE, max_num=MAX_NUM), "Tell me more.", config,
                                 history=history)
+
+
+def test_the_page_reads_boxes_as_parse_boxes_does(server, page):
+    from test_grounding import PARSED, SIZE
+    from paddlemix.models.internvl2 import parse_boxes
+
+    page.goto(server.url + "/")
+    for text, _ in PARSED:
+        got = page.evaluate("([text, w, h]) => parseBoxes(text, w, h)", [text, *SIZE])
+        expected = parse_boxes(text, SIZE)
+        assert [phrase for phrase, _ in got] == [phrase for phrase, _ in expected], text
+        for (_, box), (_, want) in zip(got, expected):
+            assert box == pytest.approx(want), text
+
+
+def test_the_page_draws_an_answers_boxes_over_the_image(server, page):
+    from PIL import Image
+
+    from test_serve import data_url
+
+    page.goto(server.url + "/")
+    image = Image.new("RGB", (400, 200), (0, 0, 0))
+    answer = "<ref>the panda</ref><box>[[100, 250, 600, 750]]</box>"  # pixels 40, 50, 240, 150
+    pixels = page.evaluate("""async ([url, text]) => {
+      const div = document.createElement("div");
+      document.getElementById("log").appendChild(div);
+      await drawBoxes(div, url, text);
+      const canvas = div.querySelector("canvas.boxes");
+      const at = (x, y) => Array.from(canvas.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3));
+      return {size: [canvas.width, canvas.height], edge: at(140, 50), inside: at(140, 100), outside: at(300, 180)};
+    }""", [data_url(image), answer])
+    assert pixels["size"] == [400, 200]
+    assert max(pixels["edge"]) > 100 and pixels["inside"] == [0, 0, 0] and pixels["outside"] == [0, 0, 0]
+    assert page.evaluate("""async (url) => {
+      const div = document.createElement("div");
+      await drawBoxes(div, url, "no boxes here");
+      return div.querySelectorAll("canvas").length;
+    }""", data_url(image)) == 0
