@@ -132,3 +132,43 @@ def test_pope_labels_must_match_the_questions(tmp_path):
 def test_unique_keys_fall_back_to_positions():
     assert unique_keys([3, 4]) == ["3", "4"]
     assert unique_keys([3, 3], prefix="s/") == ["s/0:3", "s/1:3"]
+
+
+def test_chartqa_splits_alone(tmp_path):
+    write_jsonl(tmp_path / "data/chartqa/test_human.jsonl",
+                [{"image": "x.png", "question": "q", "question_id": i, "answer": a} for i, a in enumerate(["12%", "Red"])])
+    task = build_task("vqa-chartqa-test-human", str(tmp_path))
+    records, metrics = score(task, ["0.12", "blue"], tmp_path)
+    assert [r["key"] for r in records] == ["0", "1"] and task.max_new_tokens == 100
+    assert metrics == {"relaxed_accuracy": 0.5, "test_human": 0.5}
+    with pytest.raises(DatasetError, match="test_augmented.jsonl"):
+        build_task("vqa-chartqa-test-augmented", str(tmp_path)).load()
+
+
+def test_vqav2_val_score_and_testdev_submission(tmp_path):
+    write_jsonl(tmp_path / "data/vqav2/vqav2_val.jsonl",
+                [{"image": "data/coco/val2014/a.jpg", "question": "What color?", "question_id": 7}])
+    write(tmp_path / "data/vqav2/v2_mscoco_val2014_annotations.json",
+          {"annotations": [{"question_id": 7, "answers": [{"answer": "red"}] * 10}]})
+    task = build_task("vqa-vqav2-val", str(tmp_path))
+    records, metrics = score(task, ["Red"], tmp_path)
+    assert records[0]["question"] == "What color? Answer the question using a single word or phrase."
+    assert metrics == {"accuracy": 1.0} and task.max_new_tokens == 10
+    write_jsonl(tmp_path / "data/vqav2/vqav2_testdev.jsonl",
+                [{"image": "data/coco/test2015/b.jpg", "question": "How many?", "question_id": 9}])
+    _, metrics = score(build_task("vqa-vqav2-testdev", str(tmp_path)), ["2"], tmp_path)
+    assert metrics == {"submission": "vqa-vqav2-testdev-submission.json"}
+    with open(tmp_path / metrics["submission"], encoding="utf-8") as f:
+        assert json.load(f) == [{"question_id": 9, "answer": "2"}]
+
+
+def test_ocrvqa_exact_match_over_any_annotation(tmp_path):
+    for split in ("val", "test"):
+        write_jsonl(tmp_path / f"data/ocrvqa/ocrvqa_{split}.jsonl",
+                    [{"image": "data/ocrvqa/images/1.jpg", "question": "Who wrote this book?", "question_id": 1,
+                      "answer": ["Jane Doe", "J. Doe"]},
+                     {"image": "data/ocrvqa/images/2.jpg", "question": "Is this a novel?", "question_id": 2,
+                      "answer": "No"}])
+        task = build_task(f"vqa-ocrvqa-{split}", str(tmp_path))
+        _, metrics = score(task, [" j. doe ", "yes"], tmp_path)
+        assert metrics == {"accuracy": 0.5} and task.max_new_tokens == 100

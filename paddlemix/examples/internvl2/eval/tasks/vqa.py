@@ -26,11 +26,15 @@ class VQASpec:
     max_new_tokens: int = 10
     prompt: str = SHORT_ANSWER
     annotation: Optional[str] = None
-    submission: Optional[str] = None     # vizwiz | docvqa: format of the server file for test splits
+    submission: Optional[str] = None     # vizwiz | docvqa | vqav2: format of the server file for test splits
 
 
 TEXTVQA_LAYOUT = ("data/textvqa/{textvqa_val.jsonl, textvqa_val_llava.jsonl, textvqa_val_annotations.json, "
                   "train_images/}")
+CHARTQA_LAYOUT = "data/chartqa/{test_human.jsonl, test_augmented.jsonl, ChartQA Dataset/test/png/}"
+VQAV2_LAYOUT = ("data/vqav2/{vqav2_val.jsonl, v2_mscoco_val2014_annotations.json, vqav2_testdev.jsonl} and the "
+                "COCO images their lines name")
+OCRVQA_LAYOUT = "data/ocrvqa/{ocrvqa_val.jsonl, ocrvqa_test.jsonl, images/}"
 SPECS = {
     "vqa-textvqa-val": VQASpec("data/textvqa", (("val", "data/textvqa/textvqa_val.jsonl"),), "vqa_score",
                                TEXTVQA_LAYOUT, annotation="data/textvqa/textvqa_val_annotations.json"),
@@ -51,9 +55,19 @@ SPECS = {
                                "data/docvqa/{test.jsonl, test/documents/}", max_new_tokens=100, submission="docvqa"),
     "vqa-chartqa-test": VQASpec("data/chartqa", (("test_human", "data/chartqa/test_human.jsonl"),
                                                  ("test_augmented", "data/chartqa/test_augmented.jsonl")),
-                                "relaxed_accuracy",
-                                "data/chartqa/{test_human.jsonl, test_augmented.jsonl, ChartQA Dataset/test/png/}",
-                                max_new_tokens=100),
+                                "relaxed_accuracy", CHARTQA_LAYOUT, max_new_tokens=100),
+    "vqa-chartqa-test-human": VQASpec("data/chartqa", (("test_human", "data/chartqa/test_human.jsonl"),),
+                                      "relaxed_accuracy", CHARTQA_LAYOUT, max_new_tokens=100),
+    "vqa-chartqa-test-augmented": VQASpec("data/chartqa", (("test_augmented", "data/chartqa/test_augmented.jsonl"),),
+                                          "relaxed_accuracy", CHARTQA_LAYOUT, max_new_tokens=100),
+    "vqa-vqav2-val": VQASpec("data/vqav2", (("val", "data/vqav2/vqav2_val.jsonl"),), "vqa_score", VQAV2_LAYOUT,
+                             annotation="data/vqav2/v2_mscoco_val2014_annotations.json"),
+    "vqa-vqav2-testdev": VQASpec("data/vqav2", (("testdev", "data/vqav2/vqav2_testdev.jsonl"),), None, VQAV2_LAYOUT,
+                                 submission="vqav2"),
+    "vqa-ocrvqa-val": VQASpec("data/ocrvqa", (("val", "data/ocrvqa/ocrvqa_val.jsonl"),), "accuracy", OCRVQA_LAYOUT,
+                              max_new_tokens=100),
+    "vqa-ocrvqa-test": VQASpec("data/ocrvqa", (("test", "data/ocrvqa/ocrvqa_test.jsonl"),), "accuracy",
+                               OCRVQA_LAYOUT, max_new_tokens=100),
     # The AI2D questions already carry their options and instruction (VLMEvalKit format): no suffix.
     "vqa-ai2d-test": VQASpec("data/ai2diagram", (("test", "data/ai2diagram/test_vlmevalkit.jsonl"),), "accuracy",
                              "data/ai2diagram/{test_vlmevalkit.jsonl, AI2D_TEST/}", prompt=""),
@@ -145,6 +159,8 @@ class VQATask(Task):
         if self.spec.submission == "vizwiz":
             rows = [{"image": str(r["question_id"]).replace("data/vizwiz/test/", ""), "answer": r["response"]}
                     for r in records]
+        elif self.spec.submission == "vqav2":  # the EvalAI result format
+            rows = [{"question_id": r["question_id"], "answer": r["response"]} for r in records]
         else:
             rows = [{"questionId": r["question_id"], "answer": r["response"]} for r in records]
         name = f"{self.name}-submission.json"
