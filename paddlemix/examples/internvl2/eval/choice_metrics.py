@@ -149,3 +149,9 @@ def mvbench_correct(pred: str, gt: str) -> bool:
     pred_option = pred.replace("Answer: ", "").lower().split(" ")[0]
     gt_option = gt.lower().split(" ")[0]
     return pred_option.replace(".", "") in gt_option or gt_option in pred_option
+
+
+def mmvp_pair_accuracy(correct: Sequence[bool]) -> float:
+    """MMVP: questions are scored in consecutive pairs and a pair counts only when both are right."""
+    pairs = [correct[i:i + 2] for i in range(0, len(correct) - 1, 2)]
+    return sum(all(pair) for pair in pairs) / len(pairs) if pairs else 0.0

@@ -3,15 +3,17 @@ from .base import Item, Task, check_visuals
 from .mmbench import FILES as MMBENCH_FILES
 from .mmbench import MMBenchTask
 from .mme import MMETask
+from .mmvp import MMVPTask
 from .mvbench import MVBenchTask
 from .pope import POPETask
 from .refcoco import SPLITS as REFCOCO_SPLITS
 from .refcoco import RefCOCOTask
 from .scienceqa import ScienceQATask
+from .seed import SEEDTask
 from .vqa import SPECS as VQA_SPECS
 from .vqa import VQATask
 
-DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS)
+DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS, "mmvp", "seed")
 
 
 def build_task(name: str, root: str, num_segments: int = 16) -> Task:
@@ -22,7 +24,8 @@ def build_task(name: str, root: str, num_segments: int = 16) -> Task:
         return MMBenchTask(name, root)
     if name in REFCOCO_SPLITS:
         return RefCOCOTask(name, root)
-    simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask}
+    simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask, "mmvp": MMVPTask,
+              "seed": SEEDTask}
     if name in simple:
         return simple[name](root)
     if name == "mvbench":
