@@ -172,3 +172,15 @@ def test_ocrvqa_exact_match_over_any_annotation(tmp_path):
         task = build_task(f"vqa-ocrvqa-{split}", str(tmp_path))
         _, metrics = score(task, [" j. doe ", "yes"], tmp_path)
         assert metrics == {"accuracy": 0.5} and task.max_new_tokens == 100
+
+
+def test_ccbench_is_mmbench_in_chinese_on_its_own_file(tmp_path):
+    from test_eval_end_to_end import make_mmbench_dev
+
+    make_mmbench_dev(tmp_path)
+    os.rename(tmp_path / "data/mmbench/mmbench_dev_20230712.tsv", tmp_path / "data/mmbench/CCBench_legacy.tsv")
+    task = build_task("ccbench-dev", str(tmp_path))
+    records, metrics = score(task, ["A", "B", "C"], tmp_path)
+    assert records[1]["question"] == "Which color?\nA. red\nB. blue\n请直接回答选项字母。"
+    assert metrics["accuracy"] == 1.0 and metrics["circular_accuracy"] == 1.0
+    assert metrics["submission"] in ("CCBench_legacy.xlsx", "CCBench_legacy.tsv")

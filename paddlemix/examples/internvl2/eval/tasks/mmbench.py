@@ -1,4 +1,4 @@
-"""MMBench dev/test, English and Chinese, as ``eval/mmbench/evaluate_mmbench.py``.
+"""MMBench dev/test, English and Chinese, and CCBench dev, as ``eval/mmbench/evaluate_mmbench.py``.
 
 The TSV is read with pandas exactly like the official script (so option values print the same
 way in the prompt). The result is the official submission sheet (the TSV without hint,
@@ -24,6 +24,8 @@ FILES = {
     "mmbench-dev-cn": ("mmbench_dev_cn_20231003.tsv", "cn"),
     "mmbench-test-en": ("mmbench_test_en_20231003.tsv", "en"),
     "mmbench-test-cn": ("mmbench_test_cn_20231003.tsv", "cn"),
+    # CCBench (Chinese culture) runs through the same script with its own TSV.
+    "ccbench-dev": ("CCBench_legacy.tsv", "cn"),
 }
 INSTRUCTIONS = {"en": LETTER_PROMPT, "cn": "请直接回答选项字母。"}
 SUBMISSION_DROPPED = ["hint", "category", "source", "image", "comment", "l2-category"]
