@@ -3,6 +3,8 @@ from .base import Item, Task, check_visuals
 from .mmbench import FILES as MMBENCH_FILES
 from .mmbench import MMBenchTask
 from .mme import MMETask
+from .mmmu import SPLITS as MMMU_SPLITS
+from .mmmu import MMMUTask
 from .mmvp import MMVPTask
 from .mvbench import MVBenchTask
 from .pope import POPETask
@@ -13,7 +15,8 @@ from .seed import SEEDTask
 from .vqa import SPECS as VQA_SPECS
 from .vqa import VQATask
 
-DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS, "mmvp", "seed")
+DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS, "mmvp", "seed",
+            *MMMU_SPLITS)
 
 
 def build_task(name: str, root: str, num_segments: int = 16) -> Task:
@@ -24,6 +27,8 @@ def build_task(name: str, root: str, num_segments: int = 16) -> Task:
         return MMBenchTask(name, root)
     if name in REFCOCO_SPLITS:
         return RefCOCOTask(name, root)
+    if name in MMMU_SPLITS:
+        return MMMUTask(name, root)
     simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask, "mmvp": MMVPTask,
               "seed": SEEDTask}
     if name in simple:
