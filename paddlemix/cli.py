@@ -46,8 +46,8 @@ def hold_import_notices(*modules):
 
 
 class _ThirdPartyFilter(logging.Filter):
-    """Lets a third-party logger's errors through, and with `keep_info` the INFO records of the
-    paddleformers Trainer's own files (its steps, losses and metrics)."""
+    """Lets paddleformers' errors through, and with `keep_info` the INFO and DEBUG records of its
+    Trainer's own files (the run's arguments, steps, losses and metrics)."""
 
     TRAINER_FILES = ("trainer.py", "trainer_callback.py")
 
@@ -57,7 +57,7 @@ class _ThirdPartyFilter(logging.Filter):
 
     def filter(self, record):
         return record.levelno >= logging.ERROR or (
-            self.keep_info and record.levelno == logging.INFO and record.filename in self.TRAINER_FILES)
+            self.keep_info and record.levelno <= logging.INFO and record.filename in self.TRAINER_FILES)
 
 
 def setup_logging(verbose=False, level=None, keep_third_party_info=False):
@@ -65,7 +65,7 @@ def setup_logging(verbose=False, level=None, keep_third_party_info=False):
 
     Without --verbose a user sees progress bars, our log lines and the answer: Python warnings,
     paddleformers' and transformers' notices and sentencepiece's C++ warnings are dropped (the
-    fine-tune keeps the INFO lines of paddleformers' Trainer, which are its progress and losses).
+    fine-tune keeps the lines of paddleformers' Trainer: its arguments, progress and losses).
     """
     hold_import_notices()
     level = level or (logging.INFO if verbose else logging.WARNING)
@@ -76,10 +76,13 @@ def setup_logging(verbose=False, level=None, keep_third_party_info=False):
         _held_notices.clear()
         return
     warnings.simplefilter("ignore")
-    for name in ("PaddleFormers", "transformers"):  # their own handlers, which children's records reach too
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(old, _ThirdPartyFilter) for old in handler.filters):
-                handler.addFilter(_ThirdPartyFilter(keep_third_party_info and name == "PaddleFormers"))
+    # paddleformers logs every record on its one logger, so a logger filter sees them all (a filter on
+    # its handlers could also sit on the root logger's: test runners share handlers between loggers).
+    paddleformers_logger = logging.getLogger("PaddleFormers")
+    if not any(isinstance(old, _ThirdPartyFilter) for old in paddleformers_logger.filters):
+        paddleformers_logger.addFilter(_ThirdPartyFilter(keep_third_party_info))
+    if "transformers" in sys.modules:  # its records come from child loggers: its own verbosity switch
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
     import sentencepiece
 
     sentencepiece.set_min_log_level(2)  # its C++ (absl) warnings go straight to the terminal

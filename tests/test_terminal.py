@@ -24,7 +24,7 @@ PROGRESS = re.compile(r"\d+%\|.*\|")  # tqdm
 OUR_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING|ERROR) (paddlemix|internvl_chat_finetune|uvicorn)")
 # Notices the third-party packages print today; none may reach a default run.
 THIRD_PARTY = ["OMP_NUM_THREADS", "ccache", "PyTorch was not found", "distutils", "compatibility issues",
-               "Using download source", "absl", "Warning", "DEBUG"]
+               "Using download source", "absl", "Warning", "FLAGS_flash_attn_version"]
 ALWAYS_HELD = "compatibility issues between PaddlePaddle and PyTorch"  # paddleformers says it at every import
 
 
@@ -75,14 +75,14 @@ def test_evaluate_is_quiet(tiny_1b, tmp_path):
     assert "results:" in proc.stdout
 
 
-def test_finetune_shows_our_lines_and_the_trainers_progress_only(tiny_1b, tmp_path):
+def test_finetune_shows_our_lines_and_the_trainers_only(tiny_1b, tmp_path):
     meta = write_synthetic_dataset(tmp_path / "data")
     proc = _run(EXAMPLES / "internvl_chat_finetune.py", "--model_name_or_path", tiny_1b, "--meta_path", meta,
                 "--output_dir", str(tmp_path / "out"), "--max_dynamic_patch", "1", "--video_frames", "2",
                 "--max_seq_length", "1024", "--per_device_train_batch_size", "1", "--logging_steps", "1",
                 "--max_steps", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "loss: " in proc.stderr  # the Trainer's progress stays
+    assert "loss: " in proc.stderr and "Configuration Arguments" in proc.stderr  # the Trainer's lines stay
     assert [line for line in foreign_lines(proc.stderr) if any(noise in line for noise in THIRD_PARTY)] == []
 
 

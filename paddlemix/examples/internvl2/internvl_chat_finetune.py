@@ -43,8 +43,7 @@ logger = logging.getLogger("internvl_chat_finetune")
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": "checkpoint directory or hub id"})
-    verbose: bool = field(default=False, metadata={"help": "also show third-party warnings and the Trainer's "
-                                                           "argument dump"})
+    verbose: bool = field(default=False, metadata={"help": "also show third-party notices and warnings"})
     freeze_llm: bool = field(default=False, metadata={"help": "freeze the language model"})
     freeze_backbone: bool = field(default=False, metadata={"help": "freeze the vision transformer"})
     freeze_mlp: bool = field(default=False, metadata={"help": "freeze the mlp1 projector"})

@@ -59,6 +59,8 @@ _logged_choices = set()
 
 def cpu_kernel_runs(name):
     """Whether the CPU kernel of fast path `name` may run on this CPU; says once, at debug level, which path runs."""
+    if name not in FAST_PATHS:
+        raise ValueError(f"unknown fast path {name!r}; known: {', '.join(FAST_PATHS)}")
     feature = CPU_KERNEL_NEEDS.get(name)
     runs = feature is None or bool(CPU_FEATURE_QUERIES[feature]())
     if (name, runs) not in _logged_choices:
