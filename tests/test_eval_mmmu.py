@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from paddlemix.examples.internvl2.eval import evaluate
-from paddlemix.examples.internvl2.eval.mmmu_metrics import (SUBJECTS, extract_numbers, mmmu_scores, normalize,
-                                                           open_correct, parse_open_response)
+from paddlemix.examples.internvl2.eval.mmmu_metrics import (SUBJECTS, extract_numbers, normalize, open_correct,
+                                                           parse_open_response)
 from paddlemix.examples.internvl2.eval.tasks import build_task
 from paddlemix.examples.internvl2.eval.visuals import PixelSettings
 

@@ -33,8 +33,8 @@ def make_seed(root, bench=True):
     for i in range(3):
         image = f"SEED-Bench-image/{i}.jpg"
         save_image(root / "data" / "SEED" / image, i)
-        rows.append({"text": f"What is shown?\nA. a cat\nB. a dog\nAnswer with the option's letter from the given "
-                             f"choices directly.", "image": image, "answer": "AB"[i % 2], "question_id": f"10{i}"})
+        rows.append({"text": "What is shown?\nA. a cat\nB. a dog\nAnswer with the option's letter from the given "
+                             "choices directly.", "image": image, "answer": "AB"[i % 2], "question_id": f"10{i}"})
     write_jsonl(root / "data/SEED/seed.jsonl", rows)
     if bench:
         write(root / "data/SEED/SEED-Bench.json", {

@@ -8,8 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from reference import REPO_ROOT, load_tool, require_asset
 from test_eval_end_to_end import make_textvqa
 from test_finetune_data import write_synthetic_dataset

@@ -23,6 +23,8 @@ from paddle import nn
 
 ENABLED = os.environ.get("PADDLEMIX_FUSED_KERNELS", "1") != "0"
 
+logger = logging.getLogger(__name__)
+
 # Every fast path by name, with the devices that take it (the self-check runs them one at a time).
 FAST_PATHS = {"rms_norm": ("gpu", "cpu"), "rope": ("gpu",), "sdpa": ("gpu",), "swiglu": ("gpu", "cpu"),
               "addmm": ("cpu",)}
@@ -44,7 +46,6 @@ def only_fast_paths(*names):
         _switched_off.clear()
         _switched_off.update(saved)
 
-logger = logging.getLogger(__name__)
 
 # Fast paths whose Paddle CPU kernel uses instructions beyond what every x86-64 CPU has. Paddle 3.3
 # compiles `fused_rms_norm` with AVX-512 intrinsics and checks nothing at run time, so on an
