@@ -1,4 +1,4 @@
-"""MMVP and SEED-Bench (image): official files, prompts and scorers, on hand-written answers and end to end."""
+"""MMVP, SEED-Bench (image) and Tiny LVLM-eHub: official files, prompts and scorers, on hand-written answers and end to end."""
 import csv
 import json
 import os
@@ -76,3 +76,28 @@ def test_end_to_end_on_the_tiny_model(tiny_1b, tmp_path, dataset, make):
         records = json.load(f)
     assert len(records) in (3, 4) and all(isinstance(r["response"], str) for r in records)
     assert results["metrics"] == build_task(dataset, str(tmp_path)).evaluate(records, str(out))
+
+
+def test_tiny_lvlm_whole_word_match_per_task_and_the_summed_overall(tmp_path):
+    from paddlemix.examples.internvl2.eval.vqa_metrics import tiny_lvlm_correct
+
+    assert tiny_lvlm_correct("There are Two dogs.", ["2"])  # number words, case, the period
+    assert tiny_lvlm_correct("a red-car", "red car")  # "-" becomes a space
+    assert not tiny_lvlm_correct("cats", ["cat"])  # whole words only
+    assert not tiny_lvlm_correct("the answer", [])
+    for task, answers in (("Visual_Reasoning", ["yes", "no"]), ("Object_Hallucination", ["no"])):
+        rows = [{"image_path": f"{i}.png", "question": f"Q{i}?", "gt_answers": answer}
+                for i, answer in enumerate(answers)]
+        write(tmp_path / f"data/tiny_lvlm/updated_datasets/{task}/dataset.json", rows)
+        for i in range(len(answers)):
+            save_image(tmp_path / f"data/tiny_lvlm/updated_datasets/{task}/{i}.png", i)
+    task = build_task("tiny_lvlm", str(tmp_path))
+    records, metrics = score(task, ["No.", "No", "I see no dog"], tmp_path)
+    assert [r["task"] for r in records] == ["Object_Hallucination", "Visual_Reasoning", "Visual_Reasoning"]
+    assert records[0]["question"] == "Q0? Answer the question using a single word or phrase."
+    assert task.max_new_tokens == 30
+    assert metrics == {"Object_Hallucination": 1.0, "Visual_Reasoning": 0.5, "Overall": 1.5}
+    os.makedirs(tmp_path / "data/tiny_lvlm/updated_datasets/Other")
+    write(tmp_path / "data/tiny_lvlm/updated_datasets/Other/dataset.json", [])
+    with pytest.raises(Exception, match="expected the task folders"):
+        build_task("tiny_lvlm", str(tmp_path)).load()

@@ -54,9 +54,9 @@ COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
 _PERIOD_STRIP_COUNT = int(re.UNICODE)
 
 
-def _strip_punctuation(text: str) -> str:
+def _strip_punctuation(text: str, comma_strip=COMMA_STRIP) -> str:
     out = text
-    digit_comma = COMMA_STRIP.search(text) is not None
+    digit_comma = comma_strip.search(text) is not None
     for mark in PUNCTUATIONS:
         if mark + " " in text or " " + mark in text or digit_comma:
             out = out.replace(mark, "")
@@ -65,16 +65,34 @@ def _strip_punctuation(text: str) -> str:
     return PERIOD_STRIP.sub("", out, _PERIOD_STRIP_COUNT)
 
 
-def normalize_vqa_answer(text: str) -> str:
-    """EvalAI's answer processor: lowercase, punctuation, number words, articles, contractions."""
-    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-    text = _strip_punctuation(text.replace("\n", " ").replace("\t", " ").strip())
+def _digits_and_articles(text: str) -> str:
     words = []
     for word in text.lower().split():
         word = NUMBER_WORDS.get(word, word)
         if word not in ARTICLES:
             words.append(CONTRACTIONS.get(word, word))
     return " ".join(words)
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """EvalAI's answer processor: lowercase, punctuation, number words, articles, contractions."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return _digits_and_articles(_strip_punctuation(text.replace("\n", " ").replace("\t", " ").strip()))
+
+
+# Tiny LVLM-eHub's copy of the VQA processor (``eval/tiny_lvlm/tools.py``): no lowercasing or
+# comma/question-mark removal before the punctuation step, and its own digit-comma pattern.
+TINY_LVLM_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+
+
+def tiny_lvlm_correct(answer: str, gt_answers) -> bool:
+    """Tiny LVLM-eHub: some processed ground truth appears as whole words in the processed answer."""
+    def process(text):
+        text = text.replace("\n", " ").replace("\t", " ").strip()
+        return _digits_and_articles(_strip_punctuation(text, TINY_LVLM_COMMA_STRIP))
+
+    processed = process(answer)
+    return any(re.search(r"\b" + re.escape(process(gt)) + r"\b", processed) for gt in _as_list(gt_answers))
 
 
 def vqa_soft_score(prediction: str, gt_answers: Sequence[str]) -> float:

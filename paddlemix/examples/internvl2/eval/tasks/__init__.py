@@ -12,11 +12,12 @@ from .refcoco import SPLITS as REFCOCO_SPLITS
 from .refcoco import RefCOCOTask
 from .scienceqa import ScienceQATask
 from .seed import SEEDTask
+from .tiny_lvlm import TinyLVLMTask
 from .vqa import SPECS as VQA_SPECS
 from .vqa import VQATask
 
 DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS, "mmvp", "seed",
-            *MMMU_SPLITS)
+            *MMMU_SPLITS, "tiny_lvlm")
 
 
 def build_task(name: str, root: str, num_segments: int = 16) -> Task:
@@ -30,7 +31,7 @@ def build_task(name: str, root: str, num_segments: int = 16) -> Task:
     if name in MMMU_SPLITS:
         return MMMUTask(name, root)
     simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask, "mmvp": MMVPTask,
-              "seed": SEEDTask}
+              "seed": SEEDTask, "tiny_lvlm": TinyLVLMTask}
     if name in simple:
         return simple[name](root)
     if name == "mvbench":
