@@ -1,4 +1,4 @@
-"""MMVP, SEED-Bench (image) and Tiny LVLM-eHub: official files, prompts and scorers, on hand-written answers and end to end."""
+"""MMVP, SEED-Bench (image) and Tiny LVLM-eHub: official files, prompts and scorers, by hand and end to end."""
 import csv
 import json
 import os
