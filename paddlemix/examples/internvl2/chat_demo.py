@@ -28,29 +28,28 @@ def main(argv=None):
     setup_logging(args.verbose)
     dtype = prepare_device(args)
     from paddlemix.models.internvl2 import load_image
-
     from paddlemix.models.internvl2.grounding import image_format
+    from paddlemix.models.internvl2.processing import open_image
 
     if args.draw_boxes and not args.image_path:
         raise ValueError("--draw_boxes needs --image_path: boxes are drawn on that image")
     if args.draw_boxes:
         image_format(args.draw_boxes)  # an unwritable extension fails now, not after the answer
     # Read the image before loading the model, so a bad path fails in a second, not after a minute.
-    pixel_values = load_image(args.image_path, max_num=args.max_num) if args.image_path else None
+    image = open_image(args.image_path) if args.image_path else None
+    pixel_values = load_image(image, max_num=args.max_num) if image is not None else None
     model, tokenizer, generation_config = load_chat_model(args, dtype)
     response = model.chat(tokenizer, pixel_values, args.text, generation_config, verbose=args.verbose)
     if not args.stream:
         print(response)
     if args.draw_boxes:
-        draw_answer_boxes(response, args.image_path, args.draw_boxes)
+        draw_answer_boxes(response, image, args.draw_boxes)
 
 
-def draw_answer_boxes(response, image_path, out_path):
+def draw_answer_boxes(response, image, out_path):
     """Print the answer's boxes in pixels and write them drawn on the image; an answer without boxes is an error."""
     from paddlemix.models.internvl2.grounding import draw_boxes, parse_boxes, save_image_atomically
-    from paddlemix.models.internvl2.processing import open_image
 
-    image = open_image(image_path)
     boxes = parse_boxes(response, image.size)
     if not boxes:
         raise ValueError(f"the answer holds no <box>[[x1, y1, x2, y2]]</box>; nothing drawn to {out_path}")
