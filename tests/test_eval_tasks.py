@@ -184,3 +184,15 @@ def test_ccbench_is_mmbench_in_chinese_on_its_own_file(tmp_path):
     assert records[1]["question"] == "Which color?\nA. red\nB. blue\n请直接回答选项字母。"
     assert metrics["accuracy"] == 1.0 and metrics["circular_accuracy"] == 1.0
     assert metrics["submission"] in ("CCBench_legacy.xlsx", "CCBench_legacy.tsv")
+
+
+def test_mmvet_writes_the_evaluators_submission(tmp_path):
+    write_jsonl(tmp_path / "data/mm-vet/llava-mm-vet.jsonl",
+                [{"question_id": 0, "image": "v1_0.png", "text": "What is the total?"},
+                 {"question_id": 1, "image": "v1_1.png", "text": "Explain the joke."}])
+    task = build_task("mmvet", str(tmp_path))
+    records, metrics = score(task, ["12", "It is a pun."], tmp_path)
+    assert records[0]["question"] == "What is the total? " and task.max_new_tokens == 1000  # the space is upstream's
+    assert metrics["submission"] == "mmvet-submission.json" and "MM-Vet evaluator" in metrics["how_to_score"]
+    with open(tmp_path / "mmvet-submission.json", encoding="utf-8") as f:
+        assert json.load(f) == {"v1_0": "12", "v1_1": "It is a pun."}

@@ -5,6 +5,7 @@ from .mmbench import MMBenchTask
 from .mme import MMETask
 from .mmmu import SPLITS as MMMU_SPLITS
 from .mmmu import MMMUTask
+from .mmvet import MMVetTask
 from .mmvp import MMVPTask
 from .mvbench import MVBenchTask
 from .pope import POPETask
@@ -17,7 +18,7 @@ from .vqa import SPECS as VQA_SPECS
 from .vqa import VQATask
 
 DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS, "mmvp", "seed",
-            *MMMU_SPLITS, "tiny_lvlm")
+            *MMMU_SPLITS, "tiny_lvlm", "mmvet")
 
 
 def build_task(name: str, root: str, num_segments: int = 16) -> Task:
@@ -31,7 +32,8 @@ def build_task(name: str, root: str, num_segments: int = 16) -> Task:
     if name in MMMU_SPLITS:
         return MMMUTask(name, root)
     simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask, "mmvp": MMVPTask,
-              "seed": SEEDTask, "tiny_lvlm": TinyLVLMTask}
+              "seed": SEEDTask, "tiny_lvlm": TinyLVLMTask,
+              "mmvet": MMVetTask}
     if name in simple:
         return simple[name](root)
     if name == "mvbench":
