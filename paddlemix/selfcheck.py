@@ -35,23 +35,28 @@ STRUCTURES = {
 # max |delta logits| / max |logits| each path may show against the plain float32 ops.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2, "int8": 5e-2}
 NEW_TOKENS = 8
+# --bench decodes with the real InternVL2-1B language model's sizes.
+REAL_1B_LLM = dict(vocab_size=151655, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                   num_attention_heads=14, num_key_value_heads=2)
 IMAGE_CONTEXT_ID = 2000  # any id of the small vocabulary; the model replaces these by image features
 
 
-def build_config(name):
+def build_config(name, **llm_sizes):
+    """The config of structure `name`, its language model's sizes replaced by `llm_sizes`."""
     from paddlemix.models.internvl2 import InternVLChatConfig
 
     raw = dict(STRUCTURES[name], vision_config=dict(_VISION), architectures=["InternVLChatModel"],
                force_image_size=448, downsample_ratio=0.5, ps_version="v2", select_layer=-1)
+    raw["llm_config"] = dict(raw["llm_config"], **llm_sizes)
     return InternVLChatConfig.from_dict(raw)
 
 
-def build_model(name, seed=0):
+def build_model(name, seed=0, **llm_sizes):
     import paddle
     from paddlemix.models.internvl2 import InternVLChatModel
 
     paddle.seed(seed)
-    model = InternVLChatModel(build_config(name))
+    model = InternVLChatModel(build_config(name, **llm_sizes))
     model.img_context_token_id = IMAGE_CONTEXT_ID
     model.eval()
     return model
@@ -225,15 +230,8 @@ def read_bandwidth(kind, nbytes=1 << 30, repeats=5, width=1024):
 def bench_lines(kind, dtype):
     """Decode tok/s at the real InternVL2-1B language-model shape (random weights) and its bandwidth share."""
     import paddle
-    from paddlemix.models.internvl2 import InternVLChatConfig, InternVLChatModel
 
-    raw = dict(STRUCTURES["InternVL2-1B"], vision_config=dict(_VISION), force_image_size=448, downsample_ratio=0.5,
-               ps_version="v2")
-    raw["llm_config"] = dict(raw["llm_config"], vocab_size=151655, hidden_size=896, intermediate_size=4864,
-                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2)
-    paddle.seed(0)
-    model = InternVLChatModel(InternVLChatConfig.from_dict(raw))
-    model.eval()
+    model = build_model("InternVL2-1B", **REAL_1B_LLM)
     model.to(dtype=dtype)
     ids = paddle.to_tensor([[1] * 32], dtype="int64")
     new_tokens = 32
@@ -269,8 +267,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu, gpu:0, npu:0 ... (default: paddle's default)")
     parser.add_argument("--bench", action="store_true", help="also decode at the real 1B shape and measure tok/s")
-    parser.add_argument("--dtype", default=None, help="dtype for --bench (default: bfloat16 where the device has "
-                                                      "it, else float32)")
+    parser.add_argument("--dtype", default=None, help="dtype for --bench (default: bfloat16 where the device "
+                                                      "computes in it, else float16 on GPUs, float32 on CPU)")
     parser.add_argument("--verbose", action="store_true", help="also show third-party warnings and our debug lines")
     return parser.parse_args(argv)
 

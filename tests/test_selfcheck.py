@@ -80,3 +80,15 @@ def test_a_path_that_raises_is_a_failed_row_not_a_crash(monkeypatch):
     row = selfcheck.check_rows("InternVL2-1B", "cpu", [])[-1]
     assert row == ("weight-only int8", True, None, "RuntimeError: no int8 kernel for this device", False)
     assert selfcheck.format_row("InternVL2-1B", row).endswith("raised RuntimeError: no int8 kernel for this device  FAIL")
+
+
+def test_the_bench_decodes_with_the_real_1b_language_model_sizes():
+    import json
+
+    from reference import require_asset
+
+    with open(require_asset("tokenizers", "internvl2-1b", "config.json"), encoding="utf-8") as f:
+        real = json.load(f)["llm_config"]
+    assert selfcheck.REAL_1B_LLM == {key: real[key] for key in selfcheck.REAL_1B_LLM}
+    config = selfcheck.build_config("InternVL2-1B", **selfcheck.REAL_1B_LLM)
+    assert (config.llm.family, config.llm.num_hidden_layers, config.llm.head_dim) == ("qwen2", 24, 64)

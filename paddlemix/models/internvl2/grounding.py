@@ -88,8 +88,13 @@ def save_image_atomically(image, path: str):
     """Write through a temporary name and rename, so a failed write never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    image.save(tmp, format=image_format(path))
-    os.replace(tmp, path)
+    try:
+        image.save(tmp, format=image_format(path))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def image_format(path: str) -> str:
