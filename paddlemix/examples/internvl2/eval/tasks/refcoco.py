@@ -6,12 +6,11 @@ holds an image path relative to the working folder, the referring sentence ``sen
 sentence's box; the first box of the answer, rescaled from the 0-1000 grid, counts when its IoU
 with the target is at least 0.5 (Precision@1).
 """
-import os
 from typing import Dict, Sequence
 
 from paddlemix.models.internvl2.grounding import box_iou, official_first_box
 
-from ..datafiles import read_jsonl
+from ..datafiles import read_jsonl, resolve
 from ..visuals import ImageFile
 from .base import Item, Task
 
@@ -34,7 +33,7 @@ class RefCOCOTask(Task):
 
     def load(self):
         rows = read_jsonl(self.require(f"data/refcoco/{SPLITS[self.name]}"))
-        return [Item(str(index), PROMPT.format(row["sent"]), ImageFile(os.path.join(self.root, row["image"])),
+        return [Item(str(index), PROMPT.format(row["sent"]), ImageFile(resolve(self.root, row["image"])),
                      {"bbox": row["bbox"], "width": row["width"], "height": row["height"]})
                 for index, row in enumerate(rows)]
 
