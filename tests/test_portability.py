@@ -21,10 +21,9 @@ import pytest
 
 from conftest import random_pixels
 from paddlemix.models.internvl2 import kernels
-from test_kernels import _image_inputs, _logits
+from test_kernels import HAS_AVX512, _image_inputs, _logits
 
 GREEDY = dict(max_new_tokens=6, do_sample=False)
-HAS_AVX512 = paddle.base.core.supports_avx512f()
 
 
 # The Paddle functions behind the kernels of CPU_KERNEL_NEEDS.
