@@ -308,3 +308,20 @@ def test_missing_annotation_file_and_images(tmp_path):
 def test_usage_without_arguments(tmp_path):
     proc = run_script(["sh", str(EVAL_DIR / "evaluate.sh")], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("usage:")
+
+
+# The dataset names of the official evaluate.sh that the InternVL2 evaluation guide and model cards run.
+OFFICIAL_TARGETS = (
+    "mme", "vqa-textvqa-val", "vqa-docvqa-val", "vqa-docvqa-test", "vqa-chartqa-test", "vqa-infovqa-val",
+    "vqa-infovqa-test", "vqa-ai2d-test", "vqa-gqa-testdev", "vqa-vizwiz-val", "vqa-okvqa-val", "pope", "scienceqa",
+    "mmbench-dev-en", "mmbench-dev-cn", "mmbench-test-en", "mmbench-test-cn", "mvbench",
+    "ccbench-dev", "mmmu-dev", "mmmu-val", "mmmu-test", "mmvp", "seed", "tiny_lvlm", "mmvet", "llava-bench",
+    "mathvista-testmini", "refcoco", "refcoco-val", "refcoco-testA", "refcoco-testB", "refcoco+-val", "refcoco+-testA",
+    "refcoco+-testB", "refcocog-val", "refcocog-test", "vqa-chartqa-test-human", "vqa-chartqa-test-augmented",
+    "vqa-vqav2-val", "vqa-vqav2-testdev", "vqa-ocrvqa-val", "vqa-ocrvqa-test")
+
+
+@pytest.mark.parametrize("dataset", OFFICIAL_TARGETS)
+def test_every_official_target_is_known_and_names_its_layout(tmp_path, dataset):
+    with pytest.raises(FileNotFoundError, match=r"missing (file|folder) data/.*expected layout: data/"):
+        evaluate.main(["ckpt", dataset, "--data-root", str(tmp_path), "--check"])

@@ -193,6 +193,6 @@ def test_mmvet_writes_the_evaluators_submission(tmp_path):
     task = build_task("mmvet", str(tmp_path))
     records, metrics = score(task, ["12", "It is a pun."], tmp_path)
     assert records[0]["question"] == "What is the total? " and task.max_new_tokens == 1000  # the space is upstream's
-    assert metrics["submission"] == "mmvet-submission.json" and "MM-Vet evaluator" in metrics["how_to_score"]
+    assert metrics["submission"] == "mmvet-submission.json" and "MM-Vet evaluator" in metrics["or_score_with"]
     with open(tmp_path / "mmvet-submission.json", encoding="utf-8") as f:
         assert json.load(f) == {"v1_0": "12", "v1_1": "It is a pun."}

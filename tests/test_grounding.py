@@ -153,3 +153,21 @@ def test_every_refcoco_target_is_known_and_a_missing_file_names_the_layout(tmp_p
         assert build_task(name, str(tmp_path)).name == name
     with pytest.raises(Exception, match=r"data/refcoco/\{refcoco_val.jsonl"):
         build_task("refcocog-test", str(tmp_path)).load()
+
+
+def test_the_refcoco_target_runs_all_eight_splits_and_averages_them(tmp_path):
+    os.makedirs(tmp_path / "data" / "refcoco")
+    for number, file in enumerate(SPLITS.values()):
+        rows = [{"image": "data/coco/x.jpg", "sent": f"{file} {i}", "bbox": [0, 0, 50, 50], "width": 100,
+                 "height": 100} for i in range(number + 1)]  # 1 to 8 questions per split
+        with open(tmp_path / "data" / "refcoco" / file, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
+    task = build_task("refcoco", str(tmp_path))
+    items = task.load()
+    assert len(items) == 36 and items[0].key == "refcoco-val:0" and items[-1].key == "refcocog-test:7"
+    # the first question of each split is answered right, the others wrong: precision 1/n for split n
+    records = [{"key": i.key, "response": "[[0, 0, 500, 500]]" if i.key.endswith(":0") else "[[600, 600, 900, 900]]",
+                **i.meta} for i in items]
+    metrics = task.evaluate(records, str(tmp_path))
+    assert metrics["refcocog-test"] == {"precision_at_1": 1 / 8, "num_correct": 1}
+    assert metrics["average_precision_at_1"] == pytest.approx(sum(1 / n for n in range(1, 9)) / 8)

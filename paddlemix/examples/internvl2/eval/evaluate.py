@@ -5,8 +5,11 @@
 Run it from the folder holding ``data/`` (or pass ``--data-root``); several devices:
 ``python -m paddle.distributed.launch --devices 0,1,... evaluate.py ...`` or ``GPUS=N evaluate.sh``.
 Answers, merged records and ``results.json`` go to ``OUT_DIR/<checkpoint name>/<dataset>/``.
+MathVista, MM-Vet and LLaVA-Bench are scored by an LLM judge: pass ``--judge-url`` (any
+OpenAI-compatible endpoint), or score saved answers later with ``--score-only --judge-url ...``.
 """
 import argparse
+import logging
 import os
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
@@ -14,8 +17,12 @@ from paddlemix.cli import hold_import_notices, run_main, setup_logging
 
 hold_import_notices()  # before the tasks import paddle; shown with --verbose
 from paddlemix.examples.internvl2.eval import runner  # noqa: E402
-from paddlemix.examples.internvl2.eval.datafiles import read_json, write_json  # noqa: E402
-from paddlemix.examples.internvl2.eval.tasks import DATASETS, build_task, check_visuals  # noqa: E402
+from paddlemix.examples.internvl2.eval.datafiles import DatasetError, read_json, write_json  # noqa: E402
+from paddlemix.examples.internvl2.eval.judge import DEFAULT_KEY_ENV, judge_all, judge_from_args  # noqa: E402
+from paddlemix.examples.internvl2.eval.tasks import (DATASETS, JudgedTask, build_task,  # noqa: E402
+                                                     check_visuals)
+
+logger = logging.getLogger("evaluate")
 
 
 def parse_args(argv=None):
@@ -40,6 +47,19 @@ def parse_args(argv=None):
     parser.add_argument("--wait-timeout", type=float, default=3600,
                         help="rank 0 gives up after this many seconds without progress from the other ranks")
     parser.add_argument("--check", action="store_true", help="only check the dataset files, then exit")
+    judged = parser.add_argument_group("LLM judge (mathvista-testmini, mmvet, llava-bench)")
+    judged.add_argument("--judge-url", default=None,
+                        help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1; "
+                             "without it the answers are written for scoring later")
+    judged.add_argument("--judge-model", default=None,
+                        help="judge model (default: the official scorer's, gpt-3.5-turbo for MathVista's answer "
+                             "extraction, gpt-4-0613 for MM-Vet and LLaVA-Bench)")
+    judged.add_argument("--judge-key-env", default=DEFAULT_KEY_ENV,
+                        help=f"environment variable holding the judge's API key (default {DEFAULT_KEY_ENV})")
+    judged.add_argument("--judge-retries", type=int, default=5,
+                        help="retries of a failed judge request (network errors, HTTP 429 and 5xx) before giving up")
+    judged.add_argument("--score-only", action="store_true",
+                        help="judge and score the answers of an earlier run without loading the model")
     parser.add_argument("--verbose", action="store_true", help="log progress details")
     return parser.parse_args(argv)
 
@@ -98,8 +118,19 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.verbose)
     task = build_task(args.dataset, args.data_root, args.num_segments)
+    judged = isinstance(task, JudgedTask)
+    judge = judge_from_args(args.judge_url, args.judge_model, args.judge_key_env, task.judge_model,
+                            args.judge_retries) if judged else None
+    if (args.score_only or args.judge_url) and not judged:
+        raise ValueError(f"{args.dataset} is scored without a judge; --judge-url and --score-only are for "
+                         f"mathvista-testmini, mmvet and llava-bench")
+    if args.score_only and judge is None:
+        raise ValueError("--score-only needs --judge-url (an OpenAI-compatible endpoint) to score with")
     items = task.load()
-    check_visuals(task, items)
+    if judge is not None:
+        task.check_judge_files()
+    if not args.score_only:
+        check_visuals(task, items)
     settings = run_settings(args, task)
     if args.check:
         print(f"{args.dataset}: {len(items)} questions, all files present")
@@ -107,9 +138,36 @@ def main(argv=None):
     rank, _ = runner.distributed_rank()
     model_name = os.path.basename(os.path.normpath(args.checkpoint))
     run_dir = os.path.join(args.out_dir, model_name, args.dataset)
-    os.makedirs(run_dir, exist_ok=True)
-    check_resume(run_dir, settings, rank)
+    if args.score_only:
+        settings = saved_answers_settings(run_dir, items)
+    else:
+        os.makedirs(run_dir, exist_ok=True)
+        check_resume(run_dir, settings, rank)
+        answer_all(args, settings, items, run_dir, rank)
+    if rank != 0:
+        return None
+    records = runner.merge(items, runner.wait_for_answers(items, run_dir, args.wait_timeout))
+    write_json(os.path.join(run_dir, "answers.json"), records)
+    metrics = task.evaluate(records, run_dir)
+    if judge is not None:
+        judgments = judge_all(records, run_dir, judge, task.judge_one, desc=f"{args.dataset} judge")
+        metrics.update(task.score(records, judgments, run_dir), judge_model=judge.model)
+    elif judged:
+        places = "".join(f" --{name} {value}" for name, value, default in
+                         (("data-root", args.data_root, "."), ("out-dir", args.out_dir, "results")) if value != default)
+        metrics["how_to_score"] = (f"evaluate.py {args.checkpoint} {args.dataset}{places} --score-only "
+                                   f"--judge-url URL [--judge-model M], with the key in ${args.judge_key_env}")
+        logger.warning("%s needs an LLM judge: answers saved; score them with %s", args.dataset,
+                       metrics["how_to_score"])
+    results = {"dataset": args.dataset, "num_questions": len(records), "settings": settings, "metrics": metrics}
+    results_path = os.path.join(run_dir, "results.json")
+    write_json(results_path, results)
+    print_summary(args.dataset, metrics, results_path)
+    return results
 
+
+def answer_all(args, settings, items, run_dir, rank):
+    """This rank's share of the answers; the model is loaded on the first unanswered question."""
     predictor = None
 
     def answer(item):
@@ -124,16 +182,19 @@ def main(argv=None):
         return predictor(item)
 
     runner.answer_shard(items, run_dir, answer, desc=f"{args.dataset} rank {rank}")
-    if rank != 0:
-        return None
-    records = runner.merge(items, runner.wait_for_answers(items, run_dir, args.wait_timeout))
-    write_json(os.path.join(run_dir, "answers.json"), records)
-    metrics = task.evaluate(records, run_dir)
-    results = {"dataset": args.dataset, "num_questions": len(records), "settings": settings, "metrics": metrics}
-    results_path = os.path.join(run_dir, "results.json")
-    write_json(results_path, results)
-    print_summary(args.dataset, metrics, results_path)
-    return results
+
+
+def saved_answers_settings(run_dir, items):
+    """--score-only: the settings of the run that answered every question in ``run_dir``."""
+    path = os.path.join(run_dir, "run.json")
+    if not os.path.exists(path):
+        raise DatasetError(f"no answers to score in {run_dir}; run without --score-only first")
+    answers = runner.read_answers(run_dir)
+    missing = sum(1 for item in items if item.key not in answers)
+    if missing:
+        raise DatasetError(f"{missing} of {len(items)} questions have no answer in {run_dir}; run without "
+                           f"--score-only to answer them first")
+    return read_json(path)
 
 
 if __name__ == "__main__":

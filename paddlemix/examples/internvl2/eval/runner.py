@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .datafiles import DatasetError
+from .datafiles import drop_torn_tail, read_keyed
 from .tasks import Item
 
 logger = logging.getLogger(__name__)
@@ -42,35 +42,8 @@ def shard(items: Sequence, rank: int, world: int) -> Sequence:
 
 
 def read_answers(run_dir: str) -> Dict[str, str]:
-    """Every complete answer in the run's answer files, by key.
-
-    A last line without its newline is torn (being written, or cut by a crash) and ignored; the
-    file is read as bytes because such a line may also end inside a multi-byte character.
-    """
-    answers = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, ANSWER_GLOB))):
-        with open(path, "rb") as f:
-            data = f.read()
-        lines = data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except ValueError as error:  # bad JSON or bad UTF-8
-                raise DatasetError(f"{path}:{number} is corrupt ({error}); delete the line or the file "
-                                   f"to answer those questions again") from error
-            answers.setdefault(record["key"], record["response"])
-    return answers
-
-
-def _drop_torn_tail(path: str) -> None:
-    """Cut a torn last line off this rank's own file, so new answers start on a fresh line."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-            logger.warning("%s: dropped a torn last line (an interrupted write)", path)
+    """Every complete answer in the run's answer files, by key (a torn last line is ignored)."""
+    return read_keyed(sorted(glob.glob(os.path.join(run_dir, ANSWER_GLOB))), "response")
 
 
 def answer_shard(items: Sequence[Item], run_dir: str, answer: Callable[[Item], str], desc: str) -> None:
@@ -87,7 +60,7 @@ def answer_shard(items: Sequence[Item], run_dir: str, answer: Callable[[Item], s
     if not todo:
         return
     path = os.path.join(run_dir, f"answers.rank{rank}.jsonl")
-    _drop_torn_tail(path)
+    drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as log, \
             tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="q") as bar:
         for item in todo:

@@ -1,5 +1,8 @@
 """The benchmarks ``evaluate.sh`` knows, by the dataset names of the official ``evaluate.sh``."""
-from .base import Item, Task, check_visuals
+from .base import Item, JudgedTask, Task, check_visuals
+from .llava_bench import LLaVABenchTask
+from .mathvista import SPLITS as MATHVISTA_SPLITS
+from .mathvista import MathVistaTask
 from .mmbench import FILES as MMBENCH_FILES
 from .mmbench import MMBenchTask
 from .mme import MMETask
@@ -9,6 +12,7 @@ from .mmvet import MMVetTask
 from .mmvp import MMVPTask
 from .mvbench import MVBenchTask
 from .pope import POPETask
+from .refcoco import ALL_SPLITS as REFCOCO_ALL
 from .refcoco import SPLITS as REFCOCO_SPLITS
 from .refcoco import RefCOCOTask
 from .scienceqa import ScienceQATask
@@ -17,8 +21,8 @@ from .tiny_lvlm import TinyLVLMTask
 from .vqa import SPECS as VQA_SPECS
 from .vqa import VQATask
 
-DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", *REFCOCO_SPLITS, "mmvp", "seed",
-            *MMMU_SPLITS, "tiny_lvlm", "mmvet")
+DATASETS = ("mme", *VQA_SPECS, "pope", "scienceqa", *MMBENCH_FILES, "mvbench", REFCOCO_ALL, *REFCOCO_SPLITS,
+            "mmvp", "seed", *MMMU_SPLITS, "tiny_lvlm", "mmvet", "llava-bench", *MATHVISTA_SPLITS)
 
 
 def build_task(name: str, root: str, num_segments: int = 16) -> Task:
@@ -27,13 +31,15 @@ def build_task(name: str, root: str, num_segments: int = 16) -> Task:
         return VQATask(name, root)
     if name in MMBENCH_FILES:
         return MMBenchTask(name, root)
-    if name in REFCOCO_SPLITS:
+    if name in REFCOCO_SPLITS or name == REFCOCO_ALL:
         return RefCOCOTask(name, root)
     if name in MMMU_SPLITS:
         return MMMUTask(name, root)
+    if name in MATHVISTA_SPLITS:
+        return MathVistaTask(name, root)
     simple = {"mme": MMETask, "pope": POPETask, "scienceqa": ScienceQATask, "mmvp": MMVPTask,
               "seed": SEEDTask, "tiny_lvlm": TinyLVLMTask,
-              "mmvet": MMVetTask}
+              "mmvet": MMVetTask, "llava-bench": LLaVABenchTask}
     if name in simple:
         return simple[name](root)
     if name == "mvbench":
@@ -41,4 +47,4 @@ def build_task(name: str, root: str, num_segments: int = 16) -> Task:
     raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
 
 
-__all__ = ["DATASETS", "Item", "Task", "build_task", "check_visuals"]
+__all__ = ["DATASETS", "Item", "JudgedTask", "Task", "build_task", "check_visuals"]

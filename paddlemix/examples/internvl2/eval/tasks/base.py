@@ -41,6 +41,26 @@ class Task:
         raise NotImplementedError
 
 
+class JudgedTask(Task):
+    """A benchmark the official code scores with an LLM judge (MathVista, MM-Vet, LLaVA-Bench).
+
+    ``evaluate`` writes the answers in the official scorer's input format and needs no judge;
+    ``judge_one`` asks the judge about one answer and returns a JSON judgment; ``score`` turns
+    all judgments into the metrics.
+    """
+
+    judge_model = ""  # the model the official scorer asks; --judge-model overrides it
+
+    def check_judge_files(self) -> None:
+        """Fail before any judge call when a ground-truth file the judge needs is missing."""
+
+    def judge_one(self, record: Dict, judge) -> Dict:
+        raise NotImplementedError
+
+    def score(self, records: Sequence[Dict], judgments: Dict[str, Dict], out_dir: str) -> Dict:
+        raise NotImplementedError
+
+
 def check_visuals(task: Task, items: Sequence[Item]) -> None:
     """Fail before loading the model when images or videos the questions point to are missing."""
     missing = [path for item in items for path in item.visual.files if not os.path.exists(path)]
