@@ -8,6 +8,8 @@ import contextlib
 import http.server
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -366,3 +368,23 @@ def test_mathvista_with_the_projects_own_server_as_the_judge(tiny_1b, tmp_path):
     task = build_task("mathvista-testmini", str(tmp_path))
     expected = task.score(answers, judgments, str(tmp_path))
     assert results["metrics"]["accuracy"] == expected["accuracy"] and results["metrics"]["total"] == 4
+
+
+def test_two_ranks_answer_their_halves_and_only_rank_0_asks_the_judge(tiny_1b, tmp_path):
+    make_mmvet(tmp_path)
+    evaluate_py = os.path.join(os.path.dirname(evaluate.__file__), "evaluate.py")
+    with scripted(lambda request: (200, "1.0")) as server:
+        command = [sys.executable, evaluate_py, tiny_1b, "mmvet", "--max-new-tokens", "3", "--judge-url", server.url]
+        ranks = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, PADDLE_TRAINER_ID=str(rank), PADDLE_TRAINERS_NUM="2"))
+                 for rank in (0, 1)]
+        outputs = [rank.communicate(timeout=600) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert outputs[1][0] == "" and "total" in outputs[0][0]
+    folder = tmp_path / "results" / os.path.basename(tiny_1b) / "mmvet"
+    for rank, keys in ((0, ["0", "1"]), (1, ["2"])):
+        lines = (folder / f"answers.rank{rank}.jsonl").read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line)["key"] for line in lines] == keys
+    assert len(server.requests) == 3
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    assert results["metrics"]["total"] == 100.0 and results["metrics"]["judge_model"] == "gpt-4-0613"
