@@ -328,7 +328,8 @@ def test_without_a_judge_the_answers_wait_for_score_only(tiny_1b, tmp_path, data
         again = run(tiny_1b, tmp_path, dataset, "--score-only", "--judge-url", server.url,
                     "--judge-model", "grader", "--judge-key-env", "MY_JUDGE_KEY")
     assert len(server.requests) == len(answers)  # the second scoring reuses the saved judgments
-    assert {r["auth"] for r in server.requests} == {"Bearer sk-1"} and {r["model"] for r in server.requests} == {"grader"}
+    assert {r["auth"] for r in server.requests} == {"Bearer sk-1"}
+    assert {r["model"] for r in server.requests} == {"grader"}
     assert scored["metrics"] == again["metrics"] and scored["metrics"]["judge_model"] == "grader"
     expected = {"relative_score": 88.9} if dataset == "llava-bench" else {"total": 50.0}
     assert expected.items() <= scored["metrics"].items()

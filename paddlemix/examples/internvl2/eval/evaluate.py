@@ -19,6 +19,7 @@ hold_import_notices()  # before the tasks import paddle; shown with --verbose
 from paddlemix.examples.internvl2.eval import runner  # noqa: E402
 from paddlemix.examples.internvl2.eval.datafiles import DatasetError, read_json, write_json  # noqa: E402
 from paddlemix.examples.internvl2.eval.judge import DEFAULT_KEY_ENV, judge_all, judge_from_args  # noqa: E402
+from paddlemix.examples.internvl2.eval.published import SOURCE, published_scores  # noqa: E402
 from paddlemix.examples.internvl2.eval.tasks import (DATASETS, JudgedTask, build_task,  # noqa: E402
                                                      check_visuals)
 
@@ -103,14 +104,17 @@ def flatten(metrics, prefix=""):
     return rows
 
 
-def print_summary(dataset, metrics, results_path):
+def print_summary(dataset, metrics, results_path, published=None):
+    """The metrics as a table; for a released checkpoint the release's numbers in a last column."""
+    published = published or {}
     rows = flatten(metrics)
-    first = max(len("dataset"), len(dataset))
-    width = max([len("metric")] + [len(name) for name, _ in rows])
-    print(f"{'dataset':<{first}}  {'metric':<{width}}  value")
-    for name, value in rows:
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"{dataset:<{first}}  {name:<{width}}  {shown}")
+    rows += [(name, "-") for name in published if name not in dict(rows)]  # e.g. the test server's score
+    table = [("dataset", "metric", "value", "published" if published else "")]
+    table += [(dataset, name, f"{value:.4f}" if isinstance(value, float) else str(value),
+               f"{published[name]:.4f}" if name in published else "") for name, value in rows]
+    widths = [max(len(row[column]) for row in table) for column in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths + [0])).rstrip())
     print(f"results: {results_path}")
 
 
@@ -160,9 +164,12 @@ def main(argv=None):
         logger.warning("%s needs an LLM judge: answers saved; score them with %s", args.dataset,
                        metrics["how_to_score"])
     results = {"dataset": args.dataset, "num_questions": len(records), "settings": settings, "metrics": metrics}
+    published = published_scores(args.checkpoint, args.dataset)
+    if published:
+        results["published"] = {"model": model_name, "source": SOURCE, "metrics": published}
     results_path = os.path.join(run_dir, "results.json")
     write_json(results_path, results)
-    print_summary(args.dataset, metrics, results_path)
+    print_summary(args.dataset, metrics, results_path, published)
     return results
 
 
