@@ -16,7 +16,8 @@ import pytest
 
 from paddlemix.examples.internvl2.eval import evaluate
 from paddlemix.examples.internvl2.eval.datafiles import DatasetError
-from paddlemix.examples.internvl2.eval.judge import Judge, JudgeError, chat_completions_url, judgments_path
+from paddlemix.examples.internvl2.eval.judge import (Judge, JudgeError, chat_completions_url, judge_all,
+                                                        judgments_path)
 from paddlemix.examples.internvl2.eval.tasks import build_task
 from paddlemix.examples.internvl2.eval.tasks.llava_bench import RULE, SYSTEM, parse_scores, review_prompt
 from paddlemix.examples.internvl2.eval.tasks.mathvista import (EXTRACTION_EXAMPLES, edit_distance,
@@ -389,3 +390,23 @@ def test_two_ranks_answer_their_halves_and_only_rank_0_asks_the_judge(tiny_1b, t
     assert len(server.requests) == 3
     results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     assert results["metrics"]["total"] == 100.0 and results["metrics"]["judge_model"] == "gpt-4-0613"
+
+
+def test_judging_resumes_after_a_torn_line_and_keeps_judge_models_apart(tmp_path):
+    records = [{"key": str(i)} for i in range(3)]
+    asked = []
+
+    def judge_one(record, judge):
+        asked.append((judge.model, record["key"]))
+        return {"grade": int(record["key"])}
+
+    path = judgments_path(str(tmp_path), "m1")
+    with open(path, "w", encoding="utf-8") as f:  # "0" judged, "1" cut mid-line by a crash
+        f.write('{"key": "0", "judgment": {"grade": 0}}\n{"key": "1", "judgm')
+    judged = judge_all(records, str(tmp_path), Judge("http://unused", "m1"), judge_one, desc="t")
+    assert judged == {str(i): {"grade": i} for i in range(3)} and asked == [("m1", "1"), ("m1", "2")]
+    lines = open(path, encoding="utf-8").read().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["0", "1", "2"]
+    judge_all(records, str(tmp_path), Judge("http://unused", "m1"), judge_one, desc="t")
+    judge_all(records, str(tmp_path), Judge("http://unused", "m2"), judge_one, desc="t")
+    assert asked[2:] == [("m2", "0"), ("m2", "1"), ("m2", "2")]  # another judge starts afresh
