@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["paddlemix", "paddlemix.*"]),
     package_data={"paddlemix": ["demo_images/*", "examples/internvl2/*.md", "examples/internvl2/eval/*.sh",
-                                "examples/internvl2/eval/*.md", "serve/static/*",
+                                "examples/internvl2/eval/*.md", "serve/static/*", "models/internvl2/csrc/*.cc",
                                 "examples/internvl2/shell/internvl2.0/2nd_finetune/*.sh", "tools/*.md"]},
     include_package_data=True,
     install_requires=[

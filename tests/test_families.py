@@ -135,11 +135,15 @@ def _tokenizer_for(config, tokenizer_dirs):
 
 
 def _build(tmp_path_factory, name, config, tokenizer_dir, seed=0):
-    """A tiny HF-layout checkpoint from a config dict."""
+    """A tiny HF-layout checkpoint from a config dict, in bf16 like the released ones.
+
+    So on CPU the language model keeps bf16 weights and runs this project's kernels (quant.Bf16Linear);
+    the reference reads the same bf16 values widened to float32.
+    """
     config_dir = tmp_path_factory.mktemp(f"{name}-config")
     (config_dir / "config.json").write_text(json.dumps(config))
     out = tmp_path_factory.mktemp(name)
-    make_tiny(str(config_dir / "config.json"), str(tokenizer_dir), str(out), seed=seed)
+    make_tiny(str(config_dir / "config.json"), str(tokenizer_dir), str(out), seed=seed, dtype="bfloat16")
     return out
 
 
@@ -557,7 +561,7 @@ def _to_paddlemix_layout(source, target):
                 key = prefix + key[len("language_model.model."):]
             tensors[key] = array
     target.mkdir()
-    save_checkpoint(str(target), tensors)
+    save_checkpoint(str(target), tensors, dtype="bfloat16")  # the source is bf16: nothing is rounded
     shutil.copyfile(source / "config.json", target / "config.json")
     return target
 
@@ -570,4 +574,5 @@ def test_paddlemix_format_checkpoints_load_to_the_same_model(config_name, tokeni
     paddlemix = _to_paddlemix_layout(original, tmp_path_factory.mktemp("paddlemix") / config_name)
     ours, theirs = InternVLChatModel.from_pretrained(original), InternVLChatModel.from_pretrained(paddlemix)
     for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
+        assert a.dtype == b.dtype and a.shape == b.shape, name  # bf16 [out, in] from both layouts
+        np.testing.assert_array_equal(a.astype("float32").numpy(), b.astype("float32").numpy(), err_msg=name)

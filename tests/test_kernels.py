@@ -148,8 +148,9 @@ def test_int8_linear_is_the_matmul_with_the_dequantised_weight():
     linear = paddle.nn.Linear(64, 48)
     layer = quant.WeightOnlyInt8Linear(linear)
     x = paddle.randn([3, 5, 64])
-    values, scale = layer.weight_int8.numpy().astype(np.float64), layer.weight_scale.numpy().astype(np.float64)
+    values, scale = layer.weight_int8.numpy().T.astype(np.float64), layer.weight_scale.numpy().astype(np.float64)
     assert layer.weight_int8.dtype == paddle.int8 and np.abs(values).max() <= 127
+    assert layer.weight_int8.shape == [48, 64]  # on CPU: [out, in], for this project's int8 kernel
     expected = x.numpy().astype(np.float64) @ (values * scale) + linear.bias.numpy()
     np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-5, rtol=1e-5)
     # int8 keeps the weight to half a step of its column's scale

@@ -20,7 +20,7 @@ import paddle.incubate.nn.functional as IF
 import pytest
 
 from conftest import random_pixels
-from paddlemix.models.internvl2 import kernels
+from paddlemix.models.internvl2 import InternVLChatModel, kernels
 from test_kernels import HAS_AVX512, _image_inputs, _logits
 
 GREEDY = dict(max_new_tokens=6, do_sample=False)
@@ -161,12 +161,15 @@ def test_the_emulated_cpu_really_faults_on_avx512(tmp_path):
     assert emulated.returncode == -4, "qemu's Haswell ran an AVX-512 instruction"  # SIGILL
 
 
-def test_chat_batch_chat_and_a_training_step_run_on_an_emulated_cpu_without_avx512(tiny_1b):
+def test_chat_batch_chat_and_a_training_step_run_on_an_emulated_cpu_without_avx512(tiny_1b, tmp_path):
     _require_qemu()
+    tiny_bf16 = str(tmp_path / "bf16")
+    InternVLChatModel.from_pretrained(tiny_1b).save_pretrained(tiny_bf16, dtype="bfloat16")
     code, output = _emulated(f"""
         import numpy as np, paddle
-        from paddlemix.models.internvl2 import InternVLChatModel, load_image, load_tokenizer, load_video
+        from paddlemix.models.internvl2 import InternVLChatModel, kernels, load_image, load_tokenizer, load_video
         assert not paddle.base.core.supports_avx512f()
+        assert kernels.native_isa()[0] == "avx2", kernels.native_isa()  # this project's kernels: the AVX2 body
         pixels = load_image({IMAGE!r}, max_num=2)
         frames, _ = load_video({VIDEO!r}, num_segments=2)
         print("preprocessed:", pixels.shape, frames.shape)
@@ -176,6 +179,9 @@ def test_chat_batch_chat_and_a_training_step_run_on_an_emulated_cpu_without_avx5
         print("batch_chat:", model.batch_chat(tokenizer, None, ["Hi", "Hello there"], greedy))
         int8 = InternVLChatModel.from_pretrained({tiny_1b!r}, quant="weight_only_int8")
         print("int8:", repr(int8.chat(tokenizer, None, "Hi", greedy)))
+        bf16 = InternVLChatModel.from_pretrained({tiny_bf16!r})
+        assert type(bf16.language_model.lm_head).__name__ == "Bf16Linear"
+        print("bf16 weights:", repr(bf16.chat(tokenizer, None, "Hi", greedy)))
         model.train()
         ids = paddle.to_tensor(np.random.RandomState(1).randint(0, 151000, (1, 8)))
         embeds = model.language_model.embed_tokens(ids)
@@ -184,5 +190,5 @@ def test_chat_batch_chat_and_a_training_step_run_on_an_emulated_cpu_without_avx5
         print("trained: ok")
     """, timeout=900)
     assert code == 0, f"exit {code} on an emulated {QEMU_CPU} CPU:\n{output[-3000:]}"
-    for step in ("preprocessed:", "chat:", "batch_chat:", "int8:", "trained: ok"):
+    for step in ("preprocessed:", "chat:", "batch_chat:", "int8:", "bf16 weights:", "trained: ok"):
         assert step in output, output[-3000:]

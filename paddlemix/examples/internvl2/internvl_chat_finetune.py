@@ -162,7 +162,7 @@ def load_model(model_args, data_args, training_args):
     tokenizer = load_tokenizer(model_dir)
     dtype = _training_dtype(training_args)
     check_weights_fit_device(model_dir, dtype)
-    model = InternVLChatModel.from_pretrained(model_dir, dtype=dtype)
+    model = InternVLChatModel.from_pretrained(model_dir, dtype=dtype, cpu_bf16_weights=False)  # trains float32
     tm.configure(model, template=data_args.conv_style or model.config.template,
                  select_layer=model_args.vision_select_layer, ps_version=model_args.ps_version,
                  force_image_size=data_args.force_image_size, dynamic_image_size=data_args.dynamic_image_size,

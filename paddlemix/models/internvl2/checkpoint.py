@@ -192,6 +192,10 @@ class Checkpoint:
     def shape(self, name):
         return self._entry(name).shape
 
+    def stored_dtype(self, name):
+        """The safetensors dtype ("BF16", "F32", ...), read from the header."""
+        return self._entry(name).dtype
+
     def get_stored(self, name):
         """(array, safetensors dtype) as stored: bf16 comes as uint16 bit patterns (numpy has no bf16).
 
@@ -464,6 +468,9 @@ class OriginalLayoutView:
     def shape(self, name):
         shape = self._checkpoint.shape(self._stored(name))
         return shape[::-1] if self._is_linear_weight(name, shape) else shape
+
+    def stored_dtype(self, name):
+        return self._checkpoint.stored_dtype(self._stored(name))
 
     def get_stored(self, name):
         array, kind = self._checkpoint.get_stored(self._stored(name))

@@ -5,7 +5,9 @@ does not care which one ran.
 * GPU only: fused RoPE (no CPU kernel) and SDPA (on CPU no faster than the plain ops).
 * CPU and GPU: fused RMSNorm (4x to 50x faster than the plain ops on CPU; inference only there, as
   it has no CPU backward) and SwiGLU (2x on a 300-token prefill).
-* CPU only: `Linear` folds the bias into the product (10-18% faster on the ViT and the prefill).
+* CPU only: `Linear` folds the bias into the product (10-18% faster on the ViT and the prefill);
+  `lowp_linear` multiplies a few rows by a bfloat16 or int8 weight in its [out, in] layout with this
+  project's C++ kernels (native.py), whose AVX-512 or AVX2+FMA body is chosen from the CPU's features.
 Other devices (NPUs) take the plain ops. PADDLEMIX_FUSED_KERNELS=0 turns every fused kernel off.
 Some of Paddle's CPU kernels need more than the x86-64 baseline and do not check for it (they die
 with SIGILL); `CPU_KERNEL_NEEDS` lists them and they run only where the CPU says it has the feature.
@@ -16,10 +18,13 @@ import logging
 import math
 import os
 
+import numpy as np
 import paddle
 import paddle.incubate.nn.functional as IF
 import paddle.nn.functional as F
 from paddle import nn
+
+from . import native
 
 ENABLED = os.environ.get("PADDLEMIX_FUSED_KERNELS", "1") != "0"
 
@@ -27,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # Every fast path by name, with the devices that take it (the self-check runs them one at a time).
 FAST_PATHS = {"rms_norm": ("gpu", "cpu"), "rope": ("gpu",), "sdpa": ("gpu",), "swiglu": ("gpu", "cpu"),
-              "addmm": ("cpu",)}
+              "addmm": ("cpu",), "native": ("cpu",)}
 _switched_off = set()
 
 
@@ -53,7 +58,11 @@ def only_fast_paths(*names):
 CPU_KERNEL_NEEDS = {"rms_norm": "avx512f"}
 
 # Run-time (cpuid) queries; `paddle.is_compiled_with_avx()` says how Paddle was built, not what this CPU has.
-CPU_FEATURE_QUERIES = {"avx512f": lambda: paddle.base.core.supports_avx512f()}
+# Paddle answers for AVX-512; numpy's dispatcher (it reads cpuid) for AVX2 and FMA.
+CPU_FEATURE_QUERIES = {
+    "avx512f": lambda: paddle.base.core.supports_avx512f(),
+    "avx2+fma": lambda: all(np.core._multiarray_umath.__cpu_features__.get(flag) for flag in ("AVX2", "FMA3")),
+}
 
 _logged_choices = set()
 
@@ -192,3 +201,55 @@ def full_attention(query, key, value):
     scores = paddle.matmul(q * (q.shape[-1] ** -0.5), k, transpose_y=True)
     probs = F.softmax(scores.astype("float32"), axis=-1).astype(v.dtype)
     return paddle.matmul(probs, v).transpose([0, 2, 1, 3])
+
+
+# The bodies of the C++ kernels (csrc/cpu_kernels.cc), best first, with the CPU feature each needs.
+NATIVE_BODIES = (("avx512", 2, "avx512f"), ("avx2", 1, "avx2+fma"), ("plain", 0, None))
+LOWP_MAX_ROWS = 16  # up to here a product streams the weight once; beyond, it is a GEMM
+_forced_body = []
+
+
+@contextlib.contextmanager
+def native_body(name):
+    """Within the block the C++ kernels run body `name` ("avx512", "avx2" or "plain"); for tests."""
+    if name not in [body for body, _, _ in NATIVE_BODIES]:
+        raise ValueError(f"unknown body {name!r}; known: {', '.join(body for body, _, _ in NATIVE_BODIES)}")
+    _forced_body.append(name)
+    try:
+        yield
+    finally:
+        _forced_body.pop()
+
+
+def native_isa():
+    """(name, code) of the best C++ kernel body this CPU runs; asked of the CPU, never assumed."""
+    for name, code, feature in NATIVE_BODIES:
+        if _forced_body and name != _forced_body[-1]:
+            continue
+        if feature is None or CPU_FEATURE_QUERIES[feature]():
+            if (name, "body") not in _logged_choices:
+                _logged_choices.add((name, "body"))
+                logger.debug("C++ CPU kernels: the %s body", name)
+            return name, code
+    raise RuntimeError(f"this CPU cannot run the {_forced_body[-1]} body")
+
+
+def lowp_linear(x, weight, scale=None):
+    """x [..., K] float32 times a bfloat16 or int8 weight [N, K] (the checkpoint's [out, in] layout).
+
+    For int8, `scale` [N] multiplies each output. Up to LOWP_MAX_ROWS rows on CPU the C++ kernel
+    streams the weight once; otherwise, and without the kernels, the weight is widened and multiplied
+    by the plain ops (the same numbers up to summation order).
+    """
+    rows = math.prod(x.shape[:-1])
+    module = None
+    if rows <= LOWP_MAX_ROWS and ENABLED and _on("native") and x.place.is_cpu_place():
+        module = native.ops()
+    if module is not None:
+        _, code = native_isa()
+        x = x.astype("float32")
+        if scale is None:
+            return module.paddlemix_bf16_linear(x, weight, code)
+        return module.paddlemix_int8_linear(x, weight, scale, code)
+    out = paddle.matmul(x.astype("float32"), weight.astype("float32"), transpose_y=True)
+    return out if scale is None else out * scale

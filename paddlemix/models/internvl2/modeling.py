@@ -21,7 +21,7 @@ from .device_map import language_model_placement, module_device, resolve_device_
 from .generation import generate as generate_tokens
 from .hub import resolve_model_dir
 from .llm import LanguageModel, checkpoint_names, fuse_checkpoint_parts, split_checkpoint_parts
-from .quant import check_method as check_quant_method, quantize_language_model
+from .quant import check_method as check_quant_method, keep_bf16_weights, quantize_language_model
 from .vision import InternVisionModel, Projector, pixel_shuffle
 
 logger = logging.getLogger(__name__)
@@ -310,9 +310,14 @@ class InternVLChatModel(nn.Layer):
                 if tuple(shape) != tuple(param.shape):
                     raise CheckpointError(f"checkpoint tensor(s) {keys} have shape {tuple(shape)} after mapping, "
                                           f"but the model built from config.json expects {tuple(param.shape)}")
+                place = module_device(keys[0], device_map) if device_map else None
+                if param.dtype == paddle.bfloat16 and kind == "BF16":  # kept as stored (Bf16Linear): no copy
+                    # numpy has no bf16: its bits go through dlpack as int16 and are viewed as bf16.
+                    bits = paddle.utils.dlpack.from_dlpack(np.ascontiguousarray(stored).view(np.int16))
+                    bits.view(paddle.bfloat16)._share_buffer_to(param)
+                    continue
                 host = widen_to_float32(stored, kind, empty_float32(param.shape), transpose=is_linear, pool=pool)
                 del stored
-                place = module_device(keys[0], device_map) if device_map else None
                 if place is None and dtype == "float32" and paddle.get_device() == "cpu":
                     # The parameter takes over the array's memory: no second copy of the model.
                     paddle.utils.dlpack.from_dlpack(host)._share_buffer_to(param)
@@ -339,14 +344,44 @@ class InternVLChatModel(nn.Layer):
                 parts = [array]
             yield from zip(keys, parts)
 
+    def _bf16_weight_keys(self):
+        """Checkpoint names of the weights Bf16Linear layers would keep: the decoder's Linear layers and the head."""
+        for name, _, keys, is_linear in self._checkpoint_entries():
+            if is_linear and name.startswith("language_model."):
+                yield from keys
+
+    def _keeps_bf16_weights(self, checkpoint, dtype, device_map, requested):
+        """Whether the language model keeps the checkpoint's bf16 weights (see quant.Bf16Linear).
+
+        `requested` None: whenever it can (CPU, float32 compute, one device, a bf16 checkpoint);
+        True: it must; False: never (training and LoRA need float32 parameters).
+        """
+        if requested is False:
+            return False
+        reasons = []
+        if paddle.get_device() != "cpu":
+            reasons.append(f"the device is {paddle.get_device()}, not the CPU")
+        if dtype != "float32":
+            reasons.append(f"the compute dtype is {dtype}, not float32")
+        if device_map:
+            reasons.append("a device_map spreads the model")
+        if any(checkpoint.stored_dtype(key) != "BF16" for key in self._bf16_weight_keys()):
+            reasons.append("the checkpoint's language model weights are not all bf16")
+        if reasons and requested:
+            raise ValueError("cpu_bf16_weights=True cannot be met: " + "; ".join(reasons))
+        return not reasons
+
     @classmethod
     def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None, device_map=None,
-                        quant=None):
+                        quant=None, cpu_bf16_weights=None):
         """Load an InternVL checkpoint (local dir or hub id) in the original HF or the PaddleMIX layout.
 
         `device_map` spreads a large model over several GPUs: "auto" for the official
         split over all visible GPUs, or {module name: GPU index} (see device_map.py).
         `quant="weight_only_int8"` keeps the decoder's Linear weights in int8 (see quant.py).
+        `cpu_bf16_weights`: on CPU a bf16 checkpoint's language model weights stay bf16 in memory
+        and are widened inside the kernels (half the memory, faster decoding, the float32 numbers);
+        None does so whenever it can, False keeps float32 parameters (needed to train).
         """
         if quant is not None:
             check_quant_method(quant)
@@ -354,16 +389,19 @@ class InternVLChatModel(nn.Layer):
         config = InternVLChatConfig.from_pretrained(model_dir)
         dtype = resolve_dtype(dtype)
         device_map = resolve_device_map(device_map, config.llm.num_hidden_layers)
-        previous = paddle.get_default_dtype()
-        paddle.set_default_dtype(dtype)
-        try:
-            # LazyGuard: parameters get memory only when their checkpoint tensor is copied in,
-            # so loading never holds a randomly initialised second copy of the model.
-            with paddle.LazyGuard():
-                model = cls(config)
-        finally:
-            paddle.set_default_dtype(previous)
-        with open_checkpoint(model_dir) as checkpoint:
+        with open_checkpoint(model_dir) as stored:
+            checkpoint = original_layout(stored)
+            previous = paddle.get_default_dtype()
+            paddle.set_default_dtype(dtype)
+            try:
+                # LazyGuard: parameters get memory only when their checkpoint tensor is copied in,
+                # so loading never holds a randomly initialised second copy of the model.
+                with paddle.LazyGuard():
+                    model = cls(config)
+                    if model._keeps_bf16_weights(checkpoint, dtype, device_map, cpu_bf16_weights):
+                        keep_bf16_weights(model.language_model)
+            finally:
+                paddle.set_default_dtype(previous)
             model.load_checkpoint(checkpoint, dtype, device_map)
         if quant:
             quantize_language_model(model.language_model, quant)

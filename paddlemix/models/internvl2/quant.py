@@ -1,20 +1,21 @@
-"""Weight-only int8 for the decoder's Linear layers (`from_pretrained(quant="weight_only_int8")`).
+"""Compact weights for the language model's Linear layers: the checkpoint's bf16 on CPU, or int8.
 
-Per output channel and symmetric: scale = max|w| / 127 over the input axis and q = round(w / scale),
-the values Paddle's `weight_quantize(algo="weight_only_int8")` computes before it reorders them for
-its GPU kernel. On a GPU the layer runs that kernel (`weight_only_linear`), which reads a quarter of
-the fp32 bytes per token, so bandwidth-bound decoding speeds up. Elsewhere it multiplies by the
-dequantised weight: the same numbers and a quarter of the decoder's weight memory, but slower
-decoding, since Paddle has no CPU int8 kernel. The LM head, the ViT and the projector stay as they are.
+`Bf16Linear` (CPU inference of a bf16 checkpoint, see `from_pretrained(cpu_bf16_weights=...)`) keeps
+the checkpoint's bf16 weight as it is stored, [out, in], and computes in float32: widening bf16 is
+exact, so the numbers are the float32 model's up to summation order, with half the weight bytes to
+hold and to read per token.
+
+Weight-only int8 (`from_pretrained(quant="weight_only_int8")`) is per output channel and symmetric:
+scale = max|w| / 127 over the input axis and q = round(w / scale), the values Paddle's
+`weight_quantize(algo="weight_only_int8")` computes before it reorders them for its GPU kernel. On
+a GPU the layer runs that kernel (`weight_only_linear`); on CPU it keeps [out, in] int8 and runs
+this project's int8 kernel (kernels.lowp_linear). Either way it reads a quarter of the fp32 bytes
+per token. The LM head, the ViT and the projector keep their weights.
 """
-import logging
-
 import paddle
 from paddle import nn
 
-from .kernels import fused_enabled
-
-logger = logging.getLogger(__name__)
+from .kernels import fused_enabled, lowp_linear
 
 QUANT_METHODS = ("weight_only_int8",)
 
@@ -40,19 +41,47 @@ def gpu_arch():
     return major * 10 + minor
 
 
+class Bf16Linear(nn.Layer):
+    """Inference only: the weight as the checkpoint stores it, bf16 [out, in]; float32 in and out."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = self.create_parameter([out_features, in_features], dtype="bfloat16")
+        self.weight.stop_gradient = True
+        self.bias = self.create_parameter([out_features], dtype="float32", is_bias=True) if bias else None
+
+    @classmethod
+    def like(cls, linear):
+        """An uninitialised Bf16Linear of `linear`'s shape, to be filled from the checkpoint."""
+        in_features, out_features = linear.weight.shape
+        return cls(in_features, out_features, bias=linear.bias is not None)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("this model keeps the checkpoint's bf16 weights for inference; load it with "
+                               "from_pretrained(..., cpu_bf16_weights=False) to train")
+        out = lowp_linear(x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
 class WeightOnlyInt8Linear(nn.Layer):
-    """A Linear layer whose weight is kept as int8 plus one scale per output feature."""
+    """A Linear layer whose weight is kept as int8 plus one scale per output feature.
+
+    On GPU the weight is in the layout of Paddle's kernel; on CPU it is [out, in], for lowp_linear.
+    """
 
     def __init__(self, linear):
         super().__init__()
-        weight = linear.weight
         self.bias = linear.bias
-        self.on_gpu = fused_enabled(weight)
+        self.on_gpu = fused_enabled(linear.weight)
         if self.on_gpu:
             self.arch = gpu_arch()
-            values, scale = paddle.nn.quant.weight_quantize(weight, algo="weight_only_int8", arch=self.arch)
+            values, scale = paddle.nn.quant.weight_quantize(linear.weight, algo="weight_only_int8", arch=self.arch)
         else:
-            values, scale = quantize_int8(weight)
+            weight = linear.weight.astype("float32")
+            values, scale = quantize_int8(weight.T if isinstance(linear, Bf16Linear) else weight)
+            values = values.T.contiguous()
         self.register_buffer("weight_int8", values)
         self.register_buffer("weight_scale", scale)
 
@@ -60,7 +89,7 @@ class WeightOnlyInt8Linear(nn.Layer):
         if self.on_gpu:
             return paddle.nn.quant.weight_only_linear(x, self.weight_int8, self.bias, self.weight_scale,
                                                       weight_dtype="int8", arch=self.arch)
-        out = paddle.matmul(x, self.weight_int8.astype(x.dtype)) * self.weight_scale.astype(x.dtype)
+        out = lowp_linear(x, self.weight_int8, self.weight_scale)
         return out if self.bias is None else out + self.bias
 
 
@@ -71,11 +100,17 @@ def quantize_language_model(language_model, method):
     on_gpu = fused_enabled(language_model.embed_tokens.weight)
     if on_gpu and dtype == paddle.float32:
         raise ValueError("weight_only_int8 on a GPU needs --dtype bfloat16 or float16, not float32")
-    if not on_gpu:
-        logger.warning("weight_only_int8 off GPU: int8 weights take a quarter of the memory, but every step "
-                       "dequantises them, so decoding is slower than in float32")
     for layer in language_model.layers:
         for parent in layer.sublayers(include_self=True):
             for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
+                if isinstance(child, (nn.Linear, Bf16Linear)):
                     setattr(parent, name, WeightOnlyInt8Linear(child))
+
+
+def keep_bf16_weights(language_model):
+    """Swap the Linear layers of the decoder stack and the head for uninitialised Bf16Linear layers."""
+    parents = [language_model] + [sub for layer in language_model.layers for sub in layer.sublayers(include_self=True)]
+    for parent in parents:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Bf16Linear.like(child))

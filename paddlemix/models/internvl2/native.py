@@ -1,0 +1,121 @@
+"""This project's C++ CPU kernels (csrc/), built once per machine and loaded by kernels.py.
+
+The first process that needs them compiles `csrc/cpu_kernels.cc` with `paddle.utils.cpp_extension`
+into a cache folder (`$PADDLEMIX_CACHE`, default `~/.cache/paddlemix`) named after the source, the
+Paddle build and the Python version; every later process only loads the library. Concurrent first
+builds (several ranks) wait on a file lock. Without a working compiler, one log line says so and
+kernels.py keeps the plain Paddle ops; the failure is remembered until the source or Paddle changes
+(delete the folder to retry).
+"""
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import paddle
+
+logger = logging.getLogger(__name__)
+
+NAME = "paddlemix_cpu_kernels"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu_kernels.cc")
+_state = {}
+
+
+def cache_dir():
+    """The build folder of this source for this Paddle and Python."""
+    root = os.environ.get("PADDLEMIX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paddlemix")
+    with open(SOURCE, "rb") as f:
+        digest = hashlib.sha256(f.read())
+    digest.update(f"{paddle.__version__} {paddle.version.commit} {sys.version_info[:2]}".encode())
+    return os.path.join(root, "kernels", digest.hexdigest()[:16])
+
+
+def _library_path(folder):
+    return os.path.join(folder, NAME, NAME + ".so")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Paddle's build and load speak through print, warnings, a logger with its own handler and the
+    compiler subprocess's stderr: all of it goes to the debug log."""
+    paddle_logger = logging.getLogger("utils.cpp_extension")
+    level = paddle_logger.level
+    paddle_logger.setLevel(logging.WARNING)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as chatter:
+        os.dup2(chatter.fileno(), 1)
+        os.dup2(chatter.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            paddle_logger.setLevel(level)
+            chatter.seek(0)
+            said = chatter.read().decode("utf-8", "replace").strip()
+            if said:
+                logger.debug("paddle.utils.cpp_extension said:\n%s", said)
+
+
+def _build(folder):
+    """Compile into `folder` and load the result."""
+    from paddle.utils.cpp_extension import load
+
+    started = time.monotonic()
+    logger.info("building the CPU kernels once for this machine into %s", folder)
+    with _quiet():
+        module = load(NAME, [SOURCE], extra_cxx_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                      build_directory=folder)
+    logger.info("CPU kernels built in %.0f s", time.monotonic() - started)
+    return module
+
+
+def _load(folder):
+    from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
+
+    with _quiet():
+        return _import_module_from_library(NAME, os.path.join(folder, NAME))
+
+
+def ops():
+    """The loaded extension module, or None when it cannot be built here (said once in the log)."""
+    if "module" in _state:
+        return _state["module"]
+    module, folder = None, cache_dir()
+    failed = os.path.join(folder, "build-failed.txt")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.path.exists(failed):
+            with open(failed, encoding="utf-8") as f:
+                raise RuntimeError(f.read().strip())
+        with open(os.path.join(folder, "build.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
+            if os.path.exists(_library_path(folder)):
+                module = _load(folder)
+            else:
+                try:
+                    module = _build(folder)
+                except Exception as error:  # a missing or failing compiler, whatever it raises: no kernels
+                    message = str(error).strip().splitlines()
+                    reason = f"{type(error).__name__}: {message[-1] if message else 'build failed'}"
+                    with open(failed, "w", encoding="utf-8") as f:
+                        f.write(reason + "\n")
+                    raise RuntimeError(reason) from error
+    except (OSError, RuntimeError, ImportError) as error:
+        logger.warning("the C++ CPU kernels are not available (%s); the plain Paddle ops run instead "
+                       "(delete %s to retry)", error, folder)
+    _state["module"] = module
+    return module

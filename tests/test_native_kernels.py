@@ -1,0 +1,132 @@
+"""This project's C++ CPU kernels (csrc/cpu_kernels.cc) against the plain Paddle ops, on every body the CPU has.
+
+The AVX-512 body runs only where the CPU has AVX-512 (skipped with the reason elsewhere); the AVX2
+body runs on any AVX2 CPU, AVX-512 ones included, and test_portability runs the automatic choice
+on an emulated Haswell, where an AVX-512 instruction would kill the process.
+"""
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlemix.models.internvl2 import kernels, native
+
+ROWS = (1, 7, 16, 17, 1025)
+SHAPES = ((64, 33), (901, 151), (128, 16))  # (K, N): odd sizes, tails shorter than any vector
+BODIES = [name for name, _, _ in kernels.NATIVE_BODIES]
+
+
+def _body_or_skip(name):
+    feature = {body: need for body, _, need in kernels.NATIVE_BODIES}[name]
+    if feature is not None and not kernels.CPU_FEATURE_QUERIES[feature]():
+        pytest.skip(f"this CPU lacks {feature}, which the {name} body needs")
+
+
+@pytest.fixture(scope="module")
+def ops():
+    module = native.ops()
+    assert module is not None, "the C++ kernels did not build; see the warning above"
+    return module
+
+
+def _bf16(array):
+    """(bf16 paddle tensor, the same values in float64)."""
+    tensor = paddle.to_tensor(array.astype(np.float32)).astype("bfloat16")
+    return tensor, tensor.astype("float32").numpy().astype(np.float64)
+
+
+def _close(got, want):
+    scale = max(np.abs(want).max(), 1e-6)
+    assert np.abs(got - want).max() / scale <= 1e-5, np.abs(got - want).max() / scale
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_bf16_product_equals_the_widened_weights_product(ops, body, rows, k, n):
+    _body_or_skip(body)
+    rng = np.random.RandomState(rows * 1000 + k + n)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    weight, weight64 = _bf16(rng.standard_normal((n, k)))
+    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    got = ops.paddlemix_bf16_linear(paddle.to_tensor(x), weight, code)
+    assert got.dtype == paddle.float32 and got.shape == [rows, n]
+    _close(got.numpy(), x.astype(np.float64) @ weight64.T)
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_int8_product_scales_each_output(ops, body, rows, k, n):
+    _body_or_skip(body)
+    rng = np.random.RandomState(rows + k * n)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    values = rng.randint(-127, 128, (n, k)).astype(np.int8)
+    scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    got = ops.paddlemix_int8_linear(paddle.to_tensor(x), paddle.to_tensor(values), paddle.to_tensor(scale), code)
+    _close(got.numpy(), (x.astype(np.float64) @ values.T.astype(np.float64)) * scale)
+
+
+def test_lowp_linear_takes_the_kernel_for_few_rows_and_the_plain_ops_otherwise(ops, monkeypatch):
+    rng = np.random.RandomState(0)
+    weight, weight64 = _bf16(rng.standard_normal((40, 24)))
+    calls = []
+    original = ops.paddlemix_bf16_linear
+    monkeypatch.setattr(ops, "paddlemix_bf16_linear", lambda *args: calls.append(args[2]) or original(*args))
+    for shape in ((1, 1, 24), (2, 8, 24), (3, 17, 24)):  # 1, 16 and 51 rows
+        x = rng.standard_normal(shape).astype(np.float32)
+        out = kernels.lowp_linear(paddle.to_tensor(x), weight)
+        assert out.shape == [*shape[:-1], 40]
+        _close(out.numpy(), x.astype(np.float64) @ weight64.T)
+    assert calls == [kernels.native_isa()[1]] * 2  # 51 rows is a GEMM: the plain ops
+    with kernels.only_fast_paths():
+        kernels.lowp_linear(paddle.to_tensor(x[:1, :1]), weight)
+    assert len(calls) == 2
+
+
+def test_the_best_body_follows_the_cpu_and_a_forced_body_must_exist(monkeypatch):
+    monkeypatch.setitem(kernels.CPU_FEATURE_QUERIES, "avx512f", lambda: False)
+    monkeypatch.setitem(kernels.CPU_FEATURE_QUERIES, "avx2+fma", lambda: True)
+    assert kernels.native_isa() == ("avx2", 1)
+    monkeypatch.setitem(kernels.CPU_FEATURE_QUERIES, "avx2+fma", lambda: False)
+    assert kernels.native_isa() == ("plain", 0)
+    with kernels.native_body("avx512"), pytest.raises(RuntimeError, match="cannot run the avx512 body"):
+        kernels.native_isa()
+    with pytest.raises(ValueError, match="unknown body"):
+        with kernels.native_body("sse"):
+            pass
+
+
+def test_without_a_compiler_one_warning_and_the_plain_ops(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PADDLEMIX_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+
+    def no_compiler(folder):
+        raise OSError("cc: command not found")
+
+    monkeypatch.setattr(native, "_build", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="paddlemix"):
+        assert native.ops() is None and native.ops() is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "cc: command not found" in warnings[0] and "plain Paddle ops" in warnings[0]
+    weight, weight64 = _bf16(np.ones((3, 5)))
+    np.testing.assert_allclose(kernels.lowp_linear(paddle.ones([1, 5]), weight).numpy(), [[5.0, 5.0, 5.0]])
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_build", lambda folder: pytest.fail("a failed build is retried"))
+    assert native.ops() is None  # remembered for this source and Paddle
+
+
+def test_a_second_process_loads_the_built_library_without_building(ops):
+    code = ("import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stdout)\n"
+            "from paddlemix.models.internvl2 import native\n"
+            "assert native.ops() is not None\nprint('loaded')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded" in done.stdout and "building the CPU kernels" not in done.stdout + done.stderr
+    assert "Compiling" not in done.stdout  # Paddle's own build message never reaches the terminal
