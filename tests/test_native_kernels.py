@@ -130,3 +130,49 @@ def test_a_second_process_loads_the_built_library_without_building(ops):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded" in done.stdout and "building the CPU kernels" not in done.stdout + done.stderr
     assert "Compiling" not in done.stdout  # Paddle's own build message never reaches the terminal
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 17), (2, 3, 1025), (16, 64)])
+def test_scaled_softmax_equals_paddles(ops, body, shape):
+    _body_or_skip(body)
+    rng = np.random.RandomState(sum(shape))
+    scores = (rng.standard_normal(shape) * 8).astype(np.float32)
+    scores[..., :1] = -1e30  # a masked key: exactly zero weight, as in Paddle's softmax
+    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    got = ops.paddlemix_scaled_softmax(paddle.to_tensor(scores), 0.125, code).numpy()
+    want = paddle.nn.functional.softmax(paddle.to_tensor(scores) * 0.125, axis=-1).numpy()
+    if shape[-1] > 1:
+        assert (got[..., 0] == 0).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(-1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_gelu_is_the_exact_erf_gelu(ops, body):
+    _body_or_skip(body)
+    rng = np.random.RandomState(3)
+    x = np.concatenate([np.linspace(-12, 12, 4097), rng.standard_normal(1001) * 3, [0.0, -0.0, 1e-30, -1e-30]])
+    x = x.astype(np.float32)
+    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    got = ops.paddlemix_gelu(paddle.to_tensor(x), code).numpy()
+    want = paddle.nn.functional.gelu(paddle.to_tensor(x), approximate=False).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_vit_path_uses_them_for_inference_and_the_plain_ops_for_gradients(ops, monkeypatch):
+    calls = []
+    for name in ("paddlemix_scaled_softmax", "paddlemix_gelu"):
+        original = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, _n=name, _o=original: calls.append(_n) or _o(*args))
+    q, k, v = (paddle.randn([1, 33, 2, 8]) for _ in range(3))
+    got = kernels.full_attention(q, k, v)
+    with kernels.only_fast_paths():
+        want = kernels.full_attention(q, k, v)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    x = paddle.randn([4, 5])
+    kernels.gelu(x)
+    assert calls == ["paddlemix_scaled_softmax", "paddlemix_gelu"]
+    x.stop_gradient = False
+    kernels.gelu(x).sum().backward()  # no C++ backward: the plain ops run
+    assert calls == ["paddlemix_scaled_softmax", "paddlemix_gelu"] and x.grad is not None

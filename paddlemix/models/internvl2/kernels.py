@@ -6,8 +6,9 @@ does not care which one ran.
 * CPU and GPU: fused RMSNorm (4x to 50x faster than the plain ops on CPU; inference only there, as
   it has no CPU backward) and SwiGLU (2x on a 300-token prefill).
 * CPU only: `Linear` folds the bias into the product (10-18% faster on the ViT and the prefill);
-  `lowp_linear` multiplies a few rows by a bfloat16 or int8 weight in its [out, in] layout with this
-  project's C++ kernels (native.py), whose AVX-512 or AVX2+FMA body is chosen from the CPU's features.
+  `lowp_linear` (a few rows times a bfloat16 or int8 weight in its [out, in] layout), the attention
+  softmax and GELU run this project's C++ kernels (native.py, inference only), whose AVX-512 or
+  AVX2+FMA body is chosen from the CPU's features.
 Other devices (NPUs) take the plain ops. PADDLEMIX_FUSED_KERNELS=0 turns every fused kernel off.
 Some of Paddle's CPU kernels need more than the x86-64 baseline and do not check for it (they die
 with SIGILL); `CPU_KERNEL_NEEDS` lists them and they run only where the CPU says it has the feature.
@@ -198,8 +199,7 @@ def full_attention(query, key, value):
     if _on("sdpa") and fused_enabled(query):
         return F.scaled_dot_product_attention(query, key, value, training=False)
     q, k, v = (t.transpose([0, 2, 1, 3]) for t in (query, key, value))
-    scores = paddle.matmul(q * (q.shape[-1] ** -0.5), k, transpose_y=True)
-    probs = F.softmax(scores.astype("float32"), axis=-1).astype(v.dtype)
+    probs = scaled_softmax(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5).astype(v.dtype)
     return paddle.matmul(probs, v).transpose([0, 2, 1, 3])
 
 
@@ -232,6 +232,29 @@ def native_isa():
                 logger.debug("C++ CPU kernels: the %s body", name)
             return name, code
     raise RuntimeError(f"this CPU cannot run the {_forced_body[-1]} body")
+
+
+def _native_for(x):
+    """The C++ kernels for float32 inference work on the CPU, or None (then the plain ops run)."""
+    if ENABLED and _on("native") and x.place.is_cpu_place() and x.dtype == paddle.float32 and not _needs_grad(x):
+        return native.ops()
+    return None
+
+
+def scaled_softmax(scores, scale):
+    """softmax(scale * scores) over the last axis, in float32 (Paddle's CPU softmax is ~10x slower)."""
+    module = _native_for(scores)
+    if module is not None:
+        return module.paddlemix_scaled_softmax(scores, float(scale), native_isa()[1])
+    return F.softmax(scores.astype("float32") * scale, axis=-1)
+
+
+def gelu(x):
+    """The exact (erf) GELU."""
+    module = _native_for(x)
+    if module is not None:
+        return module.paddlemix_gelu(x, native_isa()[1])
+    return F.gelu(x, approximate=False)
 
 
 def lowp_linear(x, weight, scale=None):

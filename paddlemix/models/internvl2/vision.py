@@ -9,7 +9,7 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
-from .kernels import Linear, full_attention
+from .kernels import Linear, full_attention, gelu
 from .llm import RMSNorm
 
 
@@ -92,7 +92,7 @@ class VisionMLP(nn.Layer):
         self.fc2 = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate=False))
+        return self.fc2(gelu(self.fc1(x)))
 
 
 class VisionEncoderLayer(nn.Layer):

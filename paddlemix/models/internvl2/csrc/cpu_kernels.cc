@@ -1,9 +1,12 @@
-// CPU kernels for decoding: a product of a few float32 rows with a bfloat16 or int8 weight kept in
-// the checkpoint's [out, in] layout. Decoding is bound by the bytes of weight read per token, so
-// each weight row is read once from memory for all rows of x and widened in registers (bf16 -> fp32
-// is a 16-bit shift; int8 is scaled per output row after the dot product). Threads split the output
-// features. The AVX-512 and AVX2+FMA bodies are compiled with function target attributes, so this
-// file builds with the baseline flags; Python picks the body from the CPU's features (`isa`).
+// This project's CPU kernels, where Paddle's eager CPU kernels are the limit:
+// * products of a few float32 rows with a bfloat16 or int8 weight kept in the checkpoint's
+//   [out, in] layout (decoding is bound by the weight bytes read per token, so each weight row is
+//   read once for all rows and widened in registers: bf16 -> fp32 is a 16-bit shift, int8 is scaled
+//   per output row after the dot product); threads split the output features;
+// * the row softmax of scale * x (attention) and the exact erf GELU, with a vectorised exp.
+// The AVX-512 and AVX2+FMA bodies are compiled with function target attributes, so this file builds
+// with the baseline flags; Python picks the body from the CPU's features (`isa`).
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -195,6 +198,141 @@ paddle::Tensor run(const paddle::Tensor& x, const paddle::Tensor& w, const float
   return out;
 }
 
+
+// ---- row softmax of scale * x and exact (erf) GELU -------------------------------------------------
+// exp: Cephes' polynomial on x - n ln2, times 2^n; inputs below kExpLow give 0 (masked scores).
+constexpr float kExpLow = -87.33f, kExpHigh = 88.37f;
+constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+// erf: Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
+constexpr float kErfP = 0.3275911f;
+constexpr float kErfA[5] = {0.254829592f, -0.284496736f, 1.421413741f, -1.453152027f, 1.061405429f};
+
+inline float exp_plain(float x) { return x < kExpLow ? 0.f : std::exp(x < kExpHigh ? x : kExpHigh); }
+inline float gelu_plain(float x) {
+  const float z = std::fabs(x) * 0.70710678f, t = 1.f / (1.f + kErfP * z);
+  const float poly = t * (kErfA[0] + t * (kErfA[1] + t * (kErfA[2] + t * (kErfA[3] + t * kErfA[4]))));
+  const float erf_abs = 1.f - poly * std::exp(-z * z);
+  return 0.5f * x * (1.f + (x < 0 ? -erf_abs : erf_abs));
+}
+
+#ifdef PADDLEMIX_X86
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
+  const __mmask16 low = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLow), _CMP_LT_OQ);
+  x = _mm512_min_ps(x, _mm512_set1_ps(kExpHigh));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpP[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP[i]));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.f));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~low), _mm512_scalef_ps(y, n));
+}
+__attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
+  const __m256 low = _mm256_cmp_ps(x, _mm256_set1_ps(kExpLow), _CMP_LT_OQ);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(kExpHigh)), _mm256_set1_ps(kExpLow));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kExpP[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP[i]));
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(low, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)));
+}
+
+__attribute__((target("avx512f"))) void softmax_row_avx512(const float* x, float* out, int64_t n, float scale) {
+  int64_t i = 0;
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
+  float max = _mm512_reduce_max_ps(vmax);
+  for (; i < n; ++i) max = x[i] > max ? x[i] : max;
+  const __m512 vscale = _mm512_set1_ps(scale), vshift = _mm512_set1_ps(-max * scale);
+  __m512 vsum = _mm512_setzero_ps();
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m512 e = exp16(_mm512_fmadd_ps(_mm512_loadu_ps(x + i), vscale, vshift));
+    _mm512_storeu_ps(out + i, e);
+    vsum = _mm512_add_ps(vsum, e);
+  }
+  float sum = _mm512_reduce_add_ps(vsum);
+  for (; i < n; ++i) sum += out[i] = exp_plain((x[i] - max) * scale);
+  const __m512 inv = _mm512_set1_ps(1.f / sum);
+  for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_loadu_ps(out + i), inv));
+  for (; i < n; ++i) out[i] *= 1.f / sum;
+}
+
+__attribute__((target("avx2,fma"))) void softmax_row_avx2(const float* x, float* out, int64_t n, float scale) {
+  int64_t i = 0;
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float max = lanes[0];
+  for (int l = 1; l < 8; ++l) max = lanes[l] > max ? lanes[l] : max;
+  for (; i < n; ++i) max = x[i] > max ? x[i] : max;
+  const __m256 vscale = _mm256_set1_ps(scale), vshift = _mm256_set1_ps(-max * scale);
+  __m256 vsum = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 e = exp8(_mm256_fmadd_ps(_mm256_loadu_ps(x + i), vscale, vshift));
+    _mm256_storeu_ps(out + i, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = reduce8(vsum);
+  for (; i < n; ++i) sum += out[i] = exp_plain((x[i] - max) * scale);
+  const __m256 inv = _mm256_set1_ps(1.f / sum);
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(out + i), inv));
+  for (; i < n; ++i) out[i] *= 1.f / sum;
+}
+
+__attribute__((target("avx512f"))) void gelu_avx512(const float* x, float* out, int64_t n) {
+  int64_t i = 0;
+  const __m512 sign = _mm512_set1_ps(-0.f), one = _mm512_set1_ps(1.f);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m512 z = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(0.70710678f));
+    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(z, _mm512_set1_ps(kErfP), one));
+    __m512 poly = _mm512_set1_ps(kErfA[4]);
+    for (int k = 3; k >= 0; --k) poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(kErfA[k]));
+    poly = _mm512_mul_ps(poly, t);
+    const __m512 erf_abs = _mm512_fnmadd_ps(poly, exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z)), one);
+    const __m512 erf = _mm512_castsi512_ps(_mm512_or_si512(  // |erf| with the sign of v (AVX-512F only)
+        _mm512_castps_si512(erf_abs), _mm512_and_si512(_mm512_castps_si512(sign), _mm512_castps_si512(v))));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(one, erf)));
+  }
+  for (; i < n; ++i) out[i] = gelu_plain(x[i]);
+}
+
+__attribute__((target("avx2,fma"))) void gelu_avx2(const float* x, float* out, int64_t n) {
+  int64_t i = 0;
+  const __m256 sign = _mm256_set1_ps(-0.f), one = _mm256_set1_ps(1.f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 z = _mm256_mul_ps(_mm256_andnot_ps(sign, v), _mm256_set1_ps(0.70710678f));
+    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(z, _mm256_set1_ps(kErfP), one));
+    __m256 poly = _mm256_set1_ps(kErfA[4]);
+    for (int k = 3; k >= 0; --k) poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(kErfA[k]));
+    poly = _mm256_mul_ps(poly, t);
+    const __m256 erf_abs = _mm256_fnmadd_ps(poly, exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), z), z)), one);
+    const __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign, v));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(one, erf)));
+  }
+  for (; i < n; ++i) out[i] = gelu_plain(x[i]);
+}
+#endif  // PADDLEMIX_X86
+
+void softmax_row_plain(const float* x, float* out, int64_t n, float scale) {
+  float max = -INFINITY, sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) max = x[i] > max ? x[i] : max;
+  for (int64_t i = 0; i < n; ++i) sum += out[i] = exp_plain((x[i] - max) * scale);
+  for (int64_t i = 0; i < n; ++i) out[i] /= sum;
+}
+
+paddle::Tensor float32_like(const paddle::Tensor& x, const char* what) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, what, " takes a float32 CPU tensor");
+  return paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+}
+
 }  // namespace
 
 std::vector<paddle::Tensor> Bf16Linear(const paddle::Tensor& x, const paddle::Tensor& w, int isa) {
@@ -240,3 +378,70 @@ PD_BUILD_OP(paddlemix_int8_linear)
     .SetKernelFn(PD_KERNEL(Int8Linear))
     .SetInferShapeFn(PD_INFER_SHAPE(ScaledLinearShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(ScaledFloat32Out));
+
+std::vector<paddle::Tensor> ScaledSoftmax(const paddle::Tensor& x, float scale, int isa) {
+  check_isa(isa);
+  auto out = float32_like(x, "scaled_softmax");
+  const int64_t n = x.shape().back(), rows = n ? x.numel() / n : 0;
+  const float* in = x.data<float>();
+  float* dst = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+#ifdef PADDLEMIX_X86
+    if (isa == kAvx512) {
+      softmax_row_avx512(in + r * n, dst + r * n, n, scale);
+      continue;
+    }
+    if (isa == kAvx2) {
+      softmax_row_avx2(in + r * n, dst + r * n, n, scale);
+      continue;
+    }
+#endif
+    softmax_row_plain(in + r * n, dst + r * n, n, scale);
+  }
+  return {out};
+}
+
+std::vector<paddle::Tensor> Gelu(const paddle::Tensor& x, int isa) {
+  check_isa(isa);
+  auto out = float32_like(x, "gelu");
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t n = x.numel(), chunks = (n + kChunk - 1) / kChunk;
+  const float* in = x.data<float>();
+  float* dst = out.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk, count = begin + kChunk < n ? kChunk : n - begin;
+#ifdef PADDLEMIX_X86
+    if (isa == kAvx512) {
+      gelu_avx512(in + begin, dst + begin, count);
+      continue;
+    }
+    if (isa == kAvx2) {
+      gelu_avx2(in + begin, dst + begin, count);
+      continue;
+    }
+#endif
+    for (int64_t i = begin; i < begin + count; ++i) dst[i] = gelu_plain(in[i]);
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> SameShape(const std::vector<int64_t>& x_shape) { return {x_shape}; }
+std::vector<paddle::DataType> SameDtype(const paddle::DataType& x_dtype) { return {x_dtype}; }
+
+PD_BUILD_OP(paddlemix_scaled_softmax)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"scale: float", "isa: int"})
+    .SetKernelFn(PD_KERNEL(ScaledSoftmax))
+    .SetInferShapeFn(PD_INFER_SHAPE(SameShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
+
+PD_BUILD_OP(paddlemix_gelu)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"isa: int"})
+    .SetKernelFn(PD_KERNEL(Gelu))
+    .SetInferShapeFn(PD_INFER_SHAPE(SameShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
