@@ -14,18 +14,19 @@ from reference import REPO_ROOT, require_asset, require_reference_python
 FIGURES = (
     "read_s", "load_s", "load_over_read", "peak_rss_bytes", "weight_bytes", "vit_ms_per_tile", "vit_cores",
     "prefill_ms", "decode_tps", "decode_cores", "batch_tps", "batch_gain", "dram_bps", "llm_bytes_per_token",
-    "ceiling_tps", "ceiling_pct",
+    "ceiling_tps", "ceiling_pct", "resident_weight_bytes", "int8_decode_tps",
 )
 
 # The performance issue's targets: name -> (value from the JSON figures, comparison, threshold).
 TARGETS = {
-    "decode vs reference": (lambda f: f["decode_tps"]["ratio"], ">=", 1.3),
-    "decode vs DRAM ceiling": (lambda f: f["ceiling_pct"]["paddle"], ">=", 85.0),
-    "InternViT vs reference": (lambda f: f["vit_ms_per_tile"]["torch"] / f["vit_ms_per_tile"]["paddle"], ">=", 1.2),
-    "time to first token vs reference": (lambda f: f["prefill_ms"]["paddle"] / f["prefill_ms"]["torch"], "<=", 0.8),
     "from_pretrained vs file read": (lambda f: f["load_s"]["paddle"] / f["read_s"]["paddle"], "<=", 1.5),
-    "peak RSS vs fp32 weights": (lambda f: f["peak_rss_bytes"]["paddle"] / f["weight_bytes"]["paddle"], "<=", 1.2),
-    "batch 8 vs batch 1": (lambda f: f["batch_tps"]["paddle"] / f["decode_tps"]["paddle"], ">=", 4.0),
+    "peak RSS vs fp32 weights": (lambda f: f["peak_rss_bytes"]["paddle"] / f["weight_bytes"]["paddle"], "<=", 0.65),
+    "decode vs reference": (lambda f: f["decode_tps"]["ratio"], ">=", 1.6),
+    "decode vs DRAM ceiling": (lambda f: f["ceiling_pct"]["paddle"], ">=", 80.0),
+    "batch 8 decode vs reference": (lambda f: f["batch_tps"]["paddle"] / f["batch_tps"]["torch"], ">=", 2.0),
+    "InternViT vs reference": (lambda f: f["vit_ms_per_tile"]["torch"] / f["vit_ms_per_tile"]["paddle"], ">=", 1.0),
+    "time to first token vs reference": (lambda f: f["prefill_ms"]["paddle"] / f["prefill_ms"]["torch"], "<=", 1.0),
+    "int8 decode vs reference fp32": (lambda f: f["int8_decode_tps"]["paddle"] / f["decode_tps"]["torch"], ">=", 2.5),
 }
 COMPARISONS = {">=": operator.ge, "<=": operator.le}
 
@@ -47,9 +48,10 @@ def test_quick_benchmark_reports_every_figure_for_both_sides(tmp_path):
         for side in ("paddle", "torch", "ratio"):
             value = figures[key][side]
             assert isinstance(value, float) and value > 0, f"{key} {side} = {value!r}"
-    # Both sides load the same weights, so they must count the same bytes.
+    # Both sides load the same weights, so they count the same fp32 bytes; Paddle keeps the LLM's in bf16.
     assert figures["weight_bytes"]["paddle"] == figures["weight_bytes"]["torch"]
-    assert figures["llm_bytes_per_token"]["paddle"] == figures["llm_bytes_per_token"]["torch"]
+    assert figures["resident_weight_bytes"]["torch"] == figures["weight_bytes"]["torch"]
+    assert figures["llm_bytes_per_token"]["paddle"] < 0.6 * figures["llm_bytes_per_token"]["torch"]
 
     targets = {t["name"]: t for t in report["targets"]}
     assert sorted(targets) == sorted(TARGETS)

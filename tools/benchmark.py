@@ -16,7 +16,9 @@ Method, the same on both sides:
 * load: wall time of ``from_pretrained(dir, fp32)``. transformers cannot read InternVL's original
   names, so its worker loads a one-time, cached conversion of the same weights to its own layout
   (same bytes, bf16) with ``InternVLForConditionalGeneration.from_pretrained``.
-* peak RSS: ``ru_maxrss`` of the worker right after loading.
+* peak RSS: ``ru_maxrss`` of the worker right after loading, against the fp32 bytes of all weights.
+* int8: Paddle only, after the rest: ``from_pretrained(quant="weight_only_int8")`` and the batch-1
+  decode again; the reference's row shows its fp32 decode.
 * ViT: image features (InternViT, pixel shuffle, mlp1) of a batch of 448px tiles; warm-up, median.
 * prefill and decode: ``generate`` (greedy, KV cache) on a prompt of one tile plus a 32-token
   question, asking for 33 new tokens (9 with ``--quick``). Both sides run without an eos token
@@ -27,23 +29,26 @@ Method, the same on both sides:
 * batch 8: the same with 8 left-padded text prompts of 25-32 tokens (``batch_chat`` style);
   aggregate new tokens/s of the whole batch.
 * DRAM ceiling: decoding one token reads every LLM decoder weight, the final norm and lm_head
-  (fp32); that byte count / the machine's read bandwidth bounds batch-1 decode tokens/s. The
+  as each side holds them (this port: bf16 from a bf16 checkpoint); that byte count / the
+  machine's read bandwidth bounds batch-1 decode tokens/s. The
   bandwidth is measured once per run by the parent, just before the workers, so both sides are
   held to the same number: one float32 matrix-vector product per thread over its slice of a 1 GiB
   matrix, best of 5. A GEMV streams its matrix once, as decoding does, and reaches more of the
   bandwidth than a numpy sum or max, which are bound by arithmetic on one core.
 
-Targets (set for the InternVL2-1B shape; with ``--quick`` they are only indicative): decode
-tokens/s >= 1.3x the reference and >= 85% of the DRAM ceiling; InternViT >= 1.2x the reference;
-time to first token <= 0.8x the reference's; load <= 1.5x the file read; peak RSS <= 1.2x the fp32
-weights; batch 8 >= 4x batch-1 decode tokens/s. All of them are checked on Paddle's figures.
+Targets (the CPU-engine issue's, set for the InternVL2-1B shape; with ``--quick`` only indicative):
+load <= 1.5x the file read; peak RSS <= 0.65x the fp32 weight bytes; decode tokens/s >= 1.6x the
+reference and >= 80% of the DRAM ceiling for the bytes this port reads per token; batch-8 decode
+>= 2x the reference; InternViT >= 1.0x the reference; time to first token <= 1.0x the reference's;
+weight-only int8 decode >= 2.5x the reference's fp32 decode (the reference has no CPU int8 path).
+All of them are checked on Paddle's figures.
 
 The table's header says how many cores other processes kept busy while the workers ran (from
 /proc/stat): on a 2-core machine any competitor skews the figures of either side badly.
 
-Paddle runs eagerly in fp32 on its CPU kernels (MKL sgemm for matmuls). In Paddle 3.3 neither
-FLAGS_use_mkldnn nor FLAGS_use_onednn changes which kernels eager mode picks, so there is no
-faster switch to turn on; transformers runs with SDPA attention, its fastest CPU path.
+Paddle runs eagerly, computing in fp32: MKL sgemm for the large products, this project's C++
+kernels (paddlemix/models/internvl2/csrc) for the bf16-weight products of decoding, the attention
+softmax and GELU; transformers runs with SDPA attention, its fastest CPU path.
 
 Worker mode (internal): ``benchmark.py --paddle-worker SPEC.json OUT.json``. The torch worker is
 ``tools/torch_bench_worker.py``; it imports the shared measuring code from this file, so this
@@ -97,6 +102,7 @@ FIGURES = [
     ("load_over_read", "load / read", "x", 1, "lower"),
     ("peak_rss_bytes", "peak RSS after load", "GB", 1e-9, "lower"),
     ("weight_bytes", "fp32 weights", "GB", 1e-9, "lower"),
+    ("resident_weight_bytes", "weights as held in memory", "GB", 1e-9, "lower"),
     ("vit_ms_per_tile", "InternViT per 448px tile", "ms", 1, "lower"),
     ("vit_cores", "CPU cores busy in ViT", "cores", 1, "higher"),
     ("prefill_ms", "prefill = TTFT (1 tile + 32 tokens)", "ms", 1, "lower"),
@@ -108,21 +114,24 @@ FIGURES = [
     ("llm_bytes_per_token", "LLM weight bytes read per token", "GB", 1e-9, "lower"),
     ("ceiling_tps", "DRAM ceiling, batch 1", "tok/s", 1, "higher"),
     ("ceiling_pct", "decode as % of ceiling", "%", 1, "higher"),
+    ("int8_decode_tps", "decode, batch 1, int8 (torch: fp32)", "tok/s", 1, "higher"),
 ]
 
 # The performance issue's targets: (name, key of the row that shows it, what is compared,
 # comparison, threshold, unit, value from the combined table).
 TARGETS = [
-    ("decode vs reference", "decode_tps", "ratio", ">=", 1.3, "x", lambda f: f["decode_tps"]["ratio"]),
-    ("decode vs DRAM ceiling", "ceiling_pct", "paddle", ">=", 85, "%", lambda f: f["ceiling_pct"]["paddle"]),
-    ("InternViT vs reference", "vit_ms_per_tile", "ratio", ">=", 1.2, "x", lambda f: f["vit_ms_per_tile"]["ratio"]),
-    ("time to first token vs reference", "prefill_ms", "paddle / torch", "<=", 0.8, "x",
-     lambda f: f["prefill_ms"]["paddle"] / f["prefill_ms"]["torch"]),
     ("from_pretrained vs file read", "load_over_read", "paddle", "<=", 1.5, "x",
      lambda f: f["load_over_read"]["paddle"]),
-    ("peak RSS vs fp32 weights", "peak_rss_bytes", "paddle / fp32 weights", "<=", 1.2, "x",
+    ("peak RSS vs fp32 weights", "peak_rss_bytes", "paddle / fp32 weights", "<=", 0.65, "x",
      lambda f: f["peak_rss_bytes"]["paddle"] / f["weight_bytes"]["paddle"]),
-    ("batch 8 vs batch 1", "batch_gain", "paddle", ">=", 4, "x", lambda f: f["batch_gain"]["paddle"]),
+    ("decode vs reference", "decode_tps", "ratio", ">=", 1.6, "x", lambda f: f["decode_tps"]["ratio"]),
+    ("decode vs DRAM ceiling", "ceiling_pct", "paddle", ">=", 80, "%", lambda f: f["ceiling_pct"]["paddle"]),
+    ("batch 8 decode vs reference", "batch_tps", "ratio", ">=", 2, "x", lambda f: f["batch_tps"]["ratio"]),
+    ("InternViT vs reference", "vit_ms_per_tile", "ratio", ">=", 1.0, "x", lambda f: f["vit_ms_per_tile"]["ratio"]),
+    ("time to first token vs reference", "prefill_ms", "paddle / torch", "<=", 1.0, "x",
+     lambda f: f["prefill_ms"]["paddle"] / f["prefill_ms"]["torch"]),
+    ("int8 decode vs reference fp32", "int8_decode_tps", "ratio", ">=", 2.5, "x",
+     lambda f: f["int8_decode_tps"]["ratio"]),
 ]
 COMPARISONS = {">=": operator.ge, "<=": operator.le}
 
@@ -219,7 +228,7 @@ def run_worker(side, spec, out_path):
     side.load()
     results["load_s"] = time.perf_counter() - start
     results["peak_rss_bytes"] = peak_rss_bytes()
-    results["weight_bytes"], results["llm_bytes_per_token"] = side.weight_bytes()
+    results["weight_bytes"], results["resident_weight_bytes"], results["llm_bytes_per_token"] = side.weight_bytes()
     logger.info("loaded in %.2f s, peak RSS %.2f GB", results["load_s"], results["peak_rss_bytes"] / 1e9)
 
     pixels = make_pixels(tiles, spec["image_size"])
@@ -238,6 +247,11 @@ def run_worker(side, spec, out_path):
     batch_mask = np.asarray(spec["batch_mask"], dtype=np.int64)
     _, results["batch_tps"], _ = generation_figures(side, batch_ids, batch_mask, None, spec["new_tokens"], runs)
     logger.info("batch decode %.2f tok/s", results["batch_tps"])
+    if hasattr(side, "load_int8"):  # the reference has no CPU int8 path: it is compared in fp32
+        side.load_int8()
+        _, results["int8_decode_tps"], _ = generation_figures(
+            side, prompt, np.ones_like(prompt), pixels[:1], spec["new_tokens"], runs)
+        logger.info("int8 decode %.2f tok/s", results["int8_decode_tps"])
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump(results, f)
 
@@ -265,13 +279,21 @@ class PaddleSide:
         self.model = self.model_class.from_pretrained(self.spec["checkpoint"], dtype="float32")
         self.model.img_context_token_id = self.spec["image_token_id"]
 
+    def load_int8(self):
+        self.model = None
+        self.model = self.model_class.from_pretrained(self.spec["checkpoint"], dtype="float32",
+                                                      quant="weight_only_int8")
+        self.model.img_context_token_id = self.spec["image_token_id"]
+
     def weight_bytes(self):
-        def size(params):
-            return sum(int(np.prod(p.shape)) * p.element_size() for p in params)
+        """(fp32 bytes of every weight, bytes as held, bytes of the LLM weights one decoded token reads)."""
+        def size(tensors, fp32=False):
+            return sum(int(np.prod(t.shape)) * (4 if fp32 else t.element_size()) for t in tensors)
 
         llm = self.model.language_model
-        per_token = size(llm.layers.parameters()) + size(llm.norm.parameters()) + size(llm.lm_head.parameters())
-        return size(self.model.parameters()), per_token
+        decoder = list(llm.layers.parameters()) + list(llm.layers.buffers())  # int8 weights are buffers
+        per_token = size(decoder) + size(llm.norm.parameters()) + size(llm.lm_head.parameters())
+        return size(self.model.parameters(), fp32=True), size(self.model.parameters()), per_token
 
     def vit(self, pixels):
         with self.paddle.no_grad():
@@ -411,6 +433,7 @@ def derive(raw, dram_bps):
     figures["batch_gain"] = raw["batch_tps"] / raw["decode_tps"]
     figures["ceiling_tps"] = dram_bps / raw["llm_bytes_per_token"]
     figures["ceiling_pct"] = 100 * raw["decode_tps"] / figures["ceiling_tps"]
+    figures.setdefault("int8_decode_tps", raw["decode_tps"])  # the reference: its fp32 decode
     return figures
 
 

@@ -62,11 +62,13 @@ class TorchSide:
         self.model = model.eval()
 
     def weight_bytes(self):
-        def size(module):
-            return sum(p.numel() * p.element_size() for p in module.parameters())
+        """(fp32 bytes of every weight, bytes as held, bytes of the LLM weights one decoded token reads)."""
+        def size(module, fp32=False):
+            return sum(p.numel() * (4 if fp32 else p.element_size()) for p in module.parameters())
 
         llm = self.model.model.language_model
-        return size(self.model), size(llm.layers) + size(llm.norm) + size(self.model.lm_head)
+        return (size(self.model, fp32=True), size(self.model),
+                size(llm.layers) + size(llm.norm) + size(self.model.lm_head))
 
     def vit(self, pixels):
         with torch.inference_mode():
