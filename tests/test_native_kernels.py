@@ -162,6 +162,7 @@ def test_gelu_is_the_exact_erf_gelu(ops, body):
 
 def test_the_vit_path_uses_them_for_inference_and_the_plain_ops_for_gradients(ops, monkeypatch):
     calls = []
+    monkeypatch.delattr(ops, "paddlemix_attention", raising=False)  # as without MKL: matmul, C++ softmax, matmul
     for name in ("paddlemix_scaled_softmax", "paddlemix_gelu"):
         original = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *args, _n=name, _o=original: calls.append(_n) or _o(*args))
@@ -176,3 +177,19 @@ def test_the_vit_path_uses_them_for_inference_and_the_plain_ops_for_gradients(op
     x.stop_gradient = False
     kernels.gelu(x).sum().backward()  # no C++ backward: the plain ops run
     assert calls == ["paddlemix_scaled_softmax", "paddlemix_gelu"] and x.grad is not None
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 64), (2, 17, 3, 64), (1, 1025, 2, 64), (1, 130, 4, 128)])
+def test_attention_equals_the_plain_ops(ops, body, shape):
+    _body_or_skip(body)
+    if not hasattr(ops, "paddlemix_attention"):
+        pytest.skip("this Paddle wheel ships no MKL BLAS, which the attention kernel uses")
+    rng = np.random.RandomState(shape[1])
+    q, k, v = (paddle.to_tensor((rng.standard_normal(shape) * 2).astype(np.float32)) for _ in range(3))
+    with kernels.only_fast_paths():
+        want = kernels.full_attention(q, k, v).numpy()
+    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    got = ops.paddlemix_attention(q, k, v, shape[-1] ** -0.5, code).numpy()
+    assert got.shape == want.shape
+    _close(got, want)

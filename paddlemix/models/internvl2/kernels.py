@@ -198,8 +198,13 @@ def full_attention(query, key, value):
     """Unmasked attention (InternViT), [B, L, H, D] in and out."""
     if _on("sdpa") and fused_enabled(query):
         return F.scaled_dot_product_attention(query, key, value, training=False)
+    scale = query.shape[-1] ** -0.5
+    module = _native_for(query)
+    if module is not None and hasattr(module, "paddlemix_attention"):
+        return module.paddlemix_attention(query.contiguous(), key.contiguous(), value.contiguous(), scale,
+                                          native_isa()[1])
     q, k, v = (t.transpose([0, 2, 1, 3]) for t in (query, key, value))
-    probs = scaled_softmax(paddle.matmul(q, k, transpose_y=True), q.shape[-1] ** -0.5).astype(v.dtype)
+    probs = scaled_softmax(paddle.matmul(q, k, transpose_y=True), scale).astype(v.dtype)
     return paddle.matmul(probs, v).transpose([0, 2, 1, 3])
 
 

@@ -31,7 +31,7 @@ def cache_dir():
     root = os.environ.get("PADDLEMIX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paddlemix")
     with open(SOURCE, "rb") as f:
         digest = hashlib.sha256(f.read())
-    digest.update(f"{paddle.__version__} {paddle.version.commit} {sys.version_info[:2]} {_openmp_link_flags()}".encode())
+    digest.update(f"{paddle.__version__} {paddle.version.commit} {sys.version_info[:2]} {_openmp_link_flags()} {_mkl_flags()}".encode())
     return os.path.join(root, "kernels", digest.hexdigest()[:16])
 
 
@@ -80,13 +80,22 @@ def _build(folder):
     logger.info("building the CPU kernels once for this machine into %s", folder)
     try:
         with _quiet(said):
-            module = load(NAME, [SOURCE], extra_cxx_cflags=["-O3", "-fopenmp"], extra_ldflags=_openmp_link_flags(),
-                          build_directory=folder)
+            mkl_compile, mkl_link = _mkl_flags()
+            module = load(NAME, [SOURCE], extra_cxx_cflags=["-O3", "-fopenmp", *mkl_compile],
+                          extra_ldflags=_openmp_link_flags() + mkl_link, build_directory=folder)
     except Exception as error:  # name the compiler's first complaint, not only its exit status
         complaints = [line for line in said.get("text", "").splitlines() if "error" in line.lower()]
         raise RuntimeError(complaints[0].strip() if complaints else str(error)) from error
     logger.info("CPU kernels built in %.0f s", time.monotonic() - started)
     return module
+
+
+def _mkl_flags():
+    """(compile, link) flags for MKL's BLAS when the wheel ships it; the attention kernel needs it."""
+    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
+    if os.path.isfile(os.path.join(libs, "libmklml_intel.so")):
+        return ["-DPADDLEMIX_MKL"], [f"-L{libs}", "-l:libmklml_intel.so", f"-Wl,-rpath,{libs}"]
+    return [], []
 
 
 def _openmp_link_flags():

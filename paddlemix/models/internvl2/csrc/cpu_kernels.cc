@@ -18,6 +18,12 @@
 #define PADDLEMIX_X86 1
 #endif
 
+#ifdef PADDLEMIX_MKL  // MKL's BLAS from the Paddle wheel (libmklml_intel.so), for the attention's products
+extern "C" void cblas_sgemm(int layout, int transa, int transb, int m, int n, int k, float alpha, const float* a,
+                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+#endif
+
 namespace {
 
 enum Isa { kPlain = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -445,3 +451,68 @@ PD_BUILD_OP(paddlemix_gelu)
     .SetKernelFn(PD_KERNEL(Gelu))
     .SetInferShapeFn(PD_INFER_SHAPE(SameShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
+
+#ifdef PADDLEMIX_MKL
+// Unmasked attention over q, k, v [B, L, H, D] -> [B, L, H, D]. Per (batch, head, block of 128
+// queries) the scores go to a per-thread buffer that stays in L2: one sgemm Q K^T, the row softmax
+// in place, one sgemm P V written straight into the output rows. The [H, L, L] score tensor of the
+// plain ops (67 MB per InternViT layer) is never made.
+std::vector<paddle::Tensor> Attention(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
+                                      float scale, int isa) {
+  check_isa(isa);
+  PD_CHECK(q.shape().size() == 4 && q.shape() == k.shape() && q.shape() == v.shape(), "q, k, v must be [B, L, H, D]");
+  auto out = float32_like(q, "attention");
+  const int64_t batch = q.shape()[0], length = q.shape()[1], heads = q.shape()[2], dim = q.shape()[3];
+  const int64_t ld = heads * dim;
+  constexpr int64_t kRows = 128;
+  const int64_t blocks = (length + kRows - 1) / kRows, tasks = batch * heads * blocks;
+  const float *qd = q.data<float>(), *kd = k.data<float>(), *vd = v.data<float>();
+  float* od = out.data<float>();
+#pragma omp parallel
+  {
+    std::vector<float> scores(kRows * length);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t b = task / (heads * blocks), h = task / blocks % heads, r0 = task % blocks * kRows;
+      const int64_t rows = length - r0 < kRows ? length - r0 : kRows;
+      const int64_t head = b * length * ld + h * dim;
+      cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, length, dim, 1.f, qd + head + r0 * ld, ld, kd + head, ld, 0.f,
+                  scores.data(), length);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = scores.data() + r * length;
+#ifdef PADDLEMIX_X86
+        if (isa == kAvx512) {
+          softmax_row_avx512(row, row, length, scale);
+          continue;
+        }
+        if (isa == kAvx2) {
+          softmax_row_avx2(row, row, length, scale);
+          continue;
+        }
+#endif
+        softmax_row_plain(row, row, length, scale);
+      }
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, dim, length, 1.f, scores.data(), length, vd + head, ld, 0.f,
+                  od + head + r0 * ld, ld);
+    }
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> AttentionShape(const std::vector<int64_t>& q_shape, const std::vector<int64_t>&,
+                                                 const std::vector<int64_t>&) {
+  return {q_shape};
+}
+std::vector<paddle::DataType> AttentionDtype(const paddle::DataType& q_dtype, const paddle::DataType&,
+                                             const paddle::DataType&) {
+  return {q_dtype};
+}
+
+PD_BUILD_OP(paddlemix_attention)
+    .Inputs({"Q", "K", "V"})
+    .Outputs({"Out"})
+    .Attrs({"scale: float", "isa: int"})
+    .SetKernelFn(PD_KERNEL(Attention))
+    .SetInferShapeFn(PD_INFER_SHAPE(AttentionShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(AttentionDtype));
+#endif  // PADDLEMIX_MKL
