@@ -38,24 +38,36 @@ def _relative(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def test_the_language_model_keeps_the_files_bf16_tensors(tiny_bf16, models):
+def _linears(model):
+    """{name: layer} of the Linear layers of the language model and the ViT (float32 or kept bf16)."""
+    return {name: layer for name, layer in model.named_sublayers()
+            if name.startswith(("language_model.", "vision_model.")) and isinstance(layer, (paddle.nn.Linear,
+                                                                                           quant.Bf16Linear))}
+
+
+def test_the_linear_layers_keep_the_files_bf16_tensors(tiny_bf16, models):
     kept, widened = models
+    kept_linears, wide_linears = _linears(kept), _linears(widened)
+    assert set(kept_linears) == set(wide_linears) and "language_model.lm_head" in kept_linears
+    assert any(name.startswith("vision_model.") for name in kept_linears)
+    assert all(isinstance(layer, quant.Bf16Linear) for layer in kept_linears.values())
     lm = kept.language_model
-    layers = [lm.lm_head] + [layer for block in lm.layers for layer in block.sublayers()
-                             if isinstance(layer, (paddle.nn.Linear, quant.Bf16Linear))]
-    assert all(isinstance(layer, quant.Bf16Linear) for layer in layers) and len(layers) == 1 + 4 * len(lm.layers)
-    assert lm.embed_tokens.weight.dtype == paddle.float32  # the embeddings, ViT and projector stay float32
-    assert all(p.dtype == paddle.float32 for p in kept.vision_model.parameters())
+    assert lm.embed_tokens.weight.dtype == paddle.float32  # embeddings, norms and the projector stay float32
+    assert all(p.dtype == paddle.float32 for p in kept.mlp1.parameters())
     with open_checkpoint(tiny_bf16) as checkpoint:
         stored, kind = checkpoint.get_stored("language_model.model.layers.0.mlp.down_proj.weight")
     weight = lm.layers[0].mlp.down_proj.weight
     assert kind == "BF16" and weight.dtype == paddle.bfloat16 and weight.shape == list(stored.shape)  # [out, in]
     np.testing.assert_array_equal(weight.view(paddle.int16).numpy().view(np.uint16), stored)
-    bf16_bytes = sum(p.numel().item() * 2 for p in lm.parameters() if p.dtype == paddle.bfloat16)
-    wide = widened.language_model
-    linear_weights = [wide.lm_head.weight] + [layer.weight for block in wide.layers for layer in block.sublayers()
-                                              if isinstance(layer, paddle.nn.Linear)]
-    assert 2 * bf16_bytes == sum(w.numel().item() * 4 for w in linear_weights)  # half the bytes
+    bf16_bytes = sum(layer.weight.numel().item() * 2 for layer in kept_linears.values())
+    assert 2 * bf16_bytes == sum(layer.weight.numel().item() * 4 for layer in wide_linears.values())  # half
+
+
+def test_the_vit_gives_the_float32_features(models):
+    pixels = random_pixels(2, 1)
+    with paddle.no_grad():
+        got, want = (model.extract_feature(pixels).numpy() for model in models)
+    assert _relative(got, want) <= 1e-5
 
 
 def test_logits_and_greedy_tokens_are_the_float32_models(models):
@@ -121,8 +133,8 @@ def test_training_needs_float32_weights_and_the_choice_is_explained(tiny_bf16, t
             kept.language_model(kept.language_model.embed_tokens(paddle.to_tensor([[1, 2]])))
     finally:
         kept.eval()
-    with pytest.raises(ValueError, match="cpu_bf16_weights=True cannot be met: the checkpoint's language model "
-                                         "weights are not all bf16"):
+    with pytest.raises(ValueError, match="cpu_bf16_weights=True cannot be met: the checkpoint holds no bf16 "
+                                         "Linear weights"):
         InternVLChatModel.from_pretrained(tiny_1b, cpu_bf16_weights=True)
     fp32 = InternVLChatModel.from_pretrained(tiny_1b)  # a float32 checkpoint keeps float32 parameters
     assert isinstance(fp32.language_model.lm_head, paddle.nn.Linear)

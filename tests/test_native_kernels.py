@@ -83,10 +83,22 @@ def test_lowp_linear_takes_the_kernel_for_few_rows_and_the_plain_ops_otherwise(o
         out = kernels.lowp_linear(paddle.to_tensor(x), weight)
         assert out.shape == [*shape[:-1], 40]
         _close(out.numpy(), x.astype(np.float64) @ weight64.T)
-    assert calls == [kernels.native_isa()[1]] * 2  # 51 rows is a GEMM: the plain ops
+    assert calls == [kernels.native_isa()[1]] * 2  # 51 rows is a GEMM (paddlemix_bf16_gemm)
     with kernels.only_fast_paths():
         kernels.lowp_linear(paddle.to_tensor(x[:1, :1]), weight)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("rows", (17, 100, 1025))
+@pytest.mark.parametrize("k,n", SHAPES + ((1024, 4096),))
+def test_bf16_gemm_equals_the_widened_weights_product(ops, rows, k, n):
+    if not hasattr(ops, "paddlemix_bf16_gemm"):
+        pytest.skip("this Paddle wheel ships no MKL BLAS, which the bf16 GEMM uses")
+    rng = np.random.RandomState(rows + k + n)
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    weight, weight64 = _bf16(rng.standard_normal((n, k)))
+    got = kernels.lowp_linear(paddle.to_tensor(x), weight)
+    _close(got.numpy(), x.astype(np.float64) @ weight64.T)
 
 
 def test_the_best_body_follows_the_cpu_and_a_forced_body_must_exist(monkeypatch):

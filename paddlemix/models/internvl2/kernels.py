@@ -262,22 +262,27 @@ def gelu(x):
     return F.gelu(x, approximate=False)
 
 
-def lowp_linear(x, weight, scale=None):
-    """x [..., K] float32 times a bfloat16 or int8 weight [N, K] (the checkpoint's [out, in] layout).
+def lowp_linear(x, weight, scale=None, bias=None):
+    """x [..., K] float32 times a bfloat16 or int8 weight [N, K] (the checkpoint's [out, in] layout), plus `bias`.
 
-    For int8, `scale` [N] multiplies each output. Up to LOWP_MAX_ROWS rows on CPU the C++ kernel
-    streams the weight once; otherwise, and without the kernels, the weight is widened and multiplied
-    by the plain ops (the same numbers up to summation order).
+    For int8, `scale` [N] multiplies each output. On CPU the C++ kernels run: up to LOWP_MAX_ROWS rows
+    a product that streams the weight once; more rows of a bf16 weight, MKL's sgemm over weight rows
+    widened per thread into a reused buffer. Otherwise, and without the kernels, the weight is widened
+    and multiplied by the plain ops (the same numbers up to summation order).
     """
     rows = math.prod(x.shape[:-1])
-    module = None
-    if rows <= LOWP_MAX_ROWS and ENABLED and _on("native") and x.place.is_cpu_place():
-        module = native.ops()
+    module = _native_for(x.astype("float32")) if x.place.is_cpu_place() else None
     if module is not None:
         _, code = native_isa()
         x = x.astype("float32")
-        if scale is None:
-            return module.paddlemix_bf16_linear(x, weight, code)
-        return module.paddlemix_int8_linear(x, weight, scale, code)
+        if rows > LOWP_MAX_ROWS and scale is None and hasattr(module, "paddlemix_bf16_gemm"):
+            if bias is None:
+                return module.paddlemix_bf16_gemm(x, weight, code)
+            return module.paddlemix_bf16_gemm_bias(x, weight, bias, code)
+        if rows <= LOWP_MAX_ROWS:
+            out = (module.paddlemix_bf16_linear(x, weight, code) if scale is None
+                   else module.paddlemix_int8_linear(x, weight, scale, code))
+            return out if bias is None else out + bias
     out = paddle.matmul(x.astype("float32"), weight.astype("float32"), transpose_y=True)
-    return out if scale is None else out * scale
+    out = out if scale is None else out * scale
+    return out if bias is None else out + bias

@@ -344,20 +344,15 @@ class InternVLChatModel(nn.Layer):
                 parts = [array]
             yield from zip(keys, parts)
 
-    def _bf16_weight_keys(self):
-        """Checkpoint names of the weights Bf16Linear layers would keep: the decoder's Linear layers and the head."""
-        for name, _, keys, is_linear in self._checkpoint_entries():
-            if is_linear and name.startswith("language_model."):
-                yield from keys
+    def _bf16_linear_layers(self, checkpoint, dtype, device_map, requested):
+        """Names of the Linear layers that keep the checkpoint's bf16 weights (see quant.Bf16Linear).
 
-    def _keeps_bf16_weights(self, checkpoint, dtype, device_map, requested):
-        """Whether the language model keeps the checkpoint's bf16 weights (see quant.Bf16Linear).
-
-        `requested` None: whenever it can (CPU, float32 compute, one device, a bf16 checkpoint);
-        True: it must; False: never (training and LoRA need float32 parameters).
+        Those of the language model and the ViT whose checkpoint tensors are all bf16. `requested`
+        None: whenever it can (CPU, float32 compute, one device); True: it must; False: never
+        (training and LoRA need float32 parameters).
         """
         if requested is False:
-            return False
+            return []
         reasons = []
         if paddle.get_device() != "cpu":
             reasons.append(f"the device is {paddle.get_device()}, not the CPU")
@@ -365,11 +360,14 @@ class InternVLChatModel(nn.Layer):
             reasons.append(f"the compute dtype is {dtype}, not float32")
         if device_map:
             reasons.append("a device_map spreads the model")
-        if any(checkpoint.stored_dtype(key) != "BF16" for key in self._bf16_weight_keys()):
-            reasons.append("the checkpoint's language model weights are not all bf16")
+        names = [name[:-len(".weight")] for name, _, keys, is_linear in self._checkpoint_entries()
+                 if is_linear and name.startswith(("language_model.", "vision_model."))
+                 and all(checkpoint.stored_dtype(key) == "BF16" for key in keys)]
+        if not names:
+            reasons.append("the checkpoint holds no bf16 Linear weights")
         if reasons and requested:
             raise ValueError("cpu_bf16_weights=True cannot be met: " + "; ".join(reasons))
-        return not reasons
+        return [] if reasons else names
 
     @classmethod
     def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None, device_map=None,
@@ -379,9 +377,9 @@ class InternVLChatModel(nn.Layer):
         `device_map` spreads a large model over several GPUs: "auto" for the official
         split over all visible GPUs, or {module name: GPU index} (see device_map.py).
         `quant="weight_only_int8"` keeps the decoder's Linear weights in int8 (see quant.py).
-        `cpu_bf16_weights`: on CPU a bf16 checkpoint's language model weights stay bf16 in memory
-        and are widened inside the kernels (half the memory, faster decoding, the float32 numbers);
-        None does so whenever it can, False keeps float32 parameters (needed to train).
+        `cpu_bf16_weights`: on CPU a bf16 checkpoint's Linear weights (language model and ViT) stay
+        bf16 in memory and are widened inside the kernels (half the memory, faster decoding, the
+        float32 numbers); None does so whenever it can, False keeps float32 parameters (to train).
         """
         if quant is not None:
             check_quant_method(quant)
@@ -398,8 +396,8 @@ class InternVLChatModel(nn.Layer):
                 # so loading never holds a randomly initialised second copy of the model.
                 with paddle.LazyGuard():
                     model = cls(config)
-                    if model._keeps_bf16_weights(checkpoint, dtype, device_map, cpu_bf16_weights):
-                        keep_bf16_weights(model.language_model)
+                    keep_bf16_weights(model, model._bf16_linear_layers(checkpoint, dtype, device_map,
+                                                                       cpu_bf16_weights))
             finally:
                 paddle.set_default_dtype(previous)
             model.load_checkpoint(checkpoint, dtype, device_map)

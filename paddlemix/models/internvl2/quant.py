@@ -1,7 +1,8 @@
 """Compact weights for the language model's Linear layers: the checkpoint's bf16 on CPU, or int8.
 
-`Bf16Linear` (CPU inference of a bf16 checkpoint, see `from_pretrained(cpu_bf16_weights=...)`) keeps
-the checkpoint's bf16 weight as it is stored, [out, in], and computes in float32: widening bf16 is
+`Bf16Linear` (CPU inference of a bf16 checkpoint, see `from_pretrained(cpu_bf16_weights=...)`; the
+language model's and the ViT's Linear layers) keeps the checkpoint's bf16 weight as it is stored,
+[out, in], and computes in float32: widening bf16 is
 exact, so the numbers are the float32 model's up to summation order, with half the weight bytes to
 hold and to read per token.
 
@@ -61,8 +62,7 @@ class Bf16Linear(nn.Layer):
         if self.training:
             raise RuntimeError("this model keeps the checkpoint's bf16 weights for inference; load it with "
                                "from_pretrained(..., cpu_bf16_weights=False) to train")
-        out = lowp_linear(x, self.weight)
-        return out if self.bias is None else out + self.bias
+        return lowp_linear(x, self.weight, bias=self.bias)
 
 
 class WeightOnlyInt8Linear(nn.Layer):
@@ -89,8 +89,7 @@ class WeightOnlyInt8Linear(nn.Layer):
         if self.on_gpu:
             return paddle.nn.quant.weight_only_linear(x, self.weight_int8, self.bias, self.weight_scale,
                                                       weight_dtype="int8", arch=self.arch)
-        out = lowp_linear(x, self.weight_int8, self.weight_scale)
-        return out if self.bias is None else out + self.bias
+        return lowp_linear(x, self.weight_int8, self.weight_scale, bias=self.bias)
 
 
 def quantize_language_model(language_model, method):
@@ -107,10 +106,10 @@ def quantize_language_model(language_model, method):
                     setattr(parent, name, WeightOnlyInt8Linear(child))
 
 
-def keep_bf16_weights(language_model):
-    """Swap the Linear layers of the decoder stack and the head for uninitialised Bf16Linear layers."""
-    parents = [language_model] + [sub for layer in language_model.layers for sub in layer.sublayers(include_self=True)]
-    for parent in parents:
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Bf16Linear.like(child))
+def keep_bf16_weights(model, layer_names):
+    """Swap the named nn.Linear layers of `model` for uninitialised Bf16Linear layers of the same shape."""
+    layers = dict(model.named_sublayers())
+    for name in layer_names:
+        parent_name, _, child = name.rpartition(".")
+        parent = layers[parent_name] if parent_name else model
+        setattr(parent, child, Bf16Linear.like(layers[name]))

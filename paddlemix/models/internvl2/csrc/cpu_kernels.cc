@@ -13,6 +13,10 @@
 
 #include "paddle/extension.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define PADDLEMIX_X86 1
@@ -515,4 +519,63 @@ PD_BUILD_OP(paddlemix_attention)
     .SetKernelFn(PD_KERNEL(Attention))
     .SetInferShapeFn(PD_INFER_SHAPE(AttentionShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(AttentionDtype));
+
+// x [..., K] float32 times a bf16 weight [N, K] for many rows (prefill, the ViT): each thread widens
+// its share of the weight rows into a buffer it keeps between calls, then one single-threaded MKL
+// sgemm multiplies all rows by it. Widening costs ~2% of the product; the weight stays bf16.
+paddle::Tensor bf16_gemm(const paddle::Tensor& x, const paddle::Tensor& w, const float* bias, int isa) {
+  check_isa(isa);
+  PD_CHECK(x.is_cpu() && w.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "x must be a float32 CPU tensor");
+  PD_CHECK(w.dtype() == paddle::DataType::BFLOAT16 && w.shape().size() == 2 && x.shape().back() == w.shape()[1],
+           "x [..., K] needs a bfloat16 weight [N, K]");
+  const int64_t k_dim = w.shape()[1], n_dim = w.shape()[0], rows = k_dim ? x.numel() / k_dim : 0;
+  auto out = paddle::empty(out_shape(x.shape(), w.shape()), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const uint16_t* wd = reinterpret_cast<const uint16_t*>(w.data<paddle::bfloat16>());
+  const float* xd = x.data<float>();
+  float* od = out.data<float>();
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t share = ((n_dim + threads - 1) / threads + 15) / 16 * 16;
+    const int64_t n0 = me * share, cols = n0 < n_dim ? (n_dim - n0 < share ? n_dim - n0 : share) : 0;
+    if (cols > 0 && rows > 0) {
+      thread_local std::vector<float> widened;
+      if (static_cast<int64_t>(widened.size()) < cols * k_dim) widened.resize(cols * k_dim);
+      const uint16_t* src = wd + n0 * k_dim;
+      for (int64_t i = 0; i < cols * k_dim; ++i) widened[i] = widen(src[i]);
+      if (bias) {  // the bias goes in first and the product is added to it (beta = 1)
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(od + r * n_dim + n0, bias + n0, cols * sizeof(float));
+      }
+      cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, cols, k_dim, 1.f, xd, k_dim, widened.data(), k_dim,
+                  bias ? 1.f : 0.f, od + n0, n_dim);
+    }
+  }
+  return out;
+}
+
+std::vector<paddle::Tensor> Bf16Gemm(const paddle::Tensor& x, const paddle::Tensor& w, int isa) {
+  return {bf16_gemm(x, w, nullptr, isa)};
+}
+
+std::vector<paddle::Tensor> Bf16GemmBias(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& b,
+                                         int isa) {
+  PD_CHECK(b.dtype() == paddle::DataType::FLOAT32 && b.numel() == w.shape()[0], "the bias must be float32 [N]");
+  return {bf16_gemm(x, w, b.data<float>(), isa)};
+}
+
+PD_BUILD_OP(paddlemix_bf16_gemm)
+    .Inputs({"X", "W"})
+    .Outputs({"Out"})
+    .Attrs({"isa: int"})
+    .SetKernelFn(PD_KERNEL(Bf16Gemm))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out));
+
+PD_BUILD_OP(paddlemix_bf16_gemm_bias)
+    .Inputs({"X", "W", "B"})
+    .Outputs({"Out"})
+    .Attrs({"isa: int"})
+    .SetKernelFn(PD_KERNEL(Bf16GemmBias))
+    .SetInferShapeFn(PD_INFER_SHAPE(ScaledLinearShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(ScaledFloat32Out));
 #endif  // PADDLEMIX_MKL

@@ -1,0 +1,66 @@
+"""Peak RAM of CPU inference at a real model shape, on random bf16 weights.
+
+    python tools/measure_memory.py TOKENIZER_DIR [--workdir DIR] [--float32-weights]
+
+TOKENIZER_DIR holds the real config.json and tokenizer of the model (e.g. ../shared/assets/
+tokenizers/internvl2-2b). A random checkpoint of the real shape is built once in the workdir (bf16,
+as released), then a fresh process loads it with `from_pretrained`, chats about one 448px tile for
+8 new tokens and reports its peak resident memory (`ru_maxrss`), after loading and after the chat.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TOOLS_DIR)
+
+from benchmark import real_sizes  # noqa: E402
+from make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
+
+CHILD = """
+import json, resource, sys
+import numpy as np
+import paddlemix  # noqa: F401
+import paddle
+from paddlemix.models.internvl2 import InternVLChatModel, load_tokenizer
+path, keep_bf16 = sys.argv[1], sys.argv[2] == "bf16"
+model = InternVLChatModel.from_pretrained(path, cpu_bf16_weights=None if keep_bf16 else False)
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+tokenizer = load_tokenizer(path)
+pixels = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 3, 448, 448), dtype=np.float32))
+model.chat(tokenizer, pixels, "<image>\\nDescribe the image.", dict(max_new_tokens=8, do_sample=False))
+chatted = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+weights = sum(int(np.prod(p.shape)) * p.element_size() for p in model.parameters())
+print(json.dumps({"peak_rss_after_load": loaded, "peak_rss_after_chat": chatted, "weight_bytes": weights}))
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tokenizer_dir")
+    parser.add_argument("--workdir", default=os.path.join("/tmp", "paddlemix-memory"))
+    parser.add_argument("--float32-weights", action="store_true", help="load with cpu_bf16_weights=False")
+    args = parser.parse_args()
+    with open(os.path.join(args.tokenizer_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    name = os.path.basename(os.path.normpath(args.tokenizer_dir))
+    checkpoint = os.path.join(args.workdir, name)
+    if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        make_tiny_checkpoint(os.path.join(args.tokenizer_dir, "config.json"), args.tokenizer_dir, checkpoint,
+                             dtype="bfloat16", shard_bytes=2 << 30, **real_sizes(config))
+    mode = "float32" if args.float32_weights else "bf16"
+    done = subprocess.run([sys.executable, "-c", CHILD, checkpoint, mode], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"error: the measuring process failed: {done.stderr.strip().splitlines()[-1]}")
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    files = sum(os.path.getsize(os.path.join(checkpoint, n)) for n in os.listdir(checkpoint)
+                if n.endswith(".safetensors"))
+    print(f"{name} ({mode} language model weights): checkpoint {files / 1e9:.2f} GB, weights held "
+          f"{figures['weight_bytes'] / 1e9:.2f} GB, peak RSS {figures['peak_rss_after_load'] / 1e9:.2f} GB after "
+          f"loading, {figures['peak_rss_after_chat'] / 1e9:.2f} GB after a one-tile chat")
+
+
+if __name__ == "__main__":
+    main()
