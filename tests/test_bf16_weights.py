@@ -40,9 +40,9 @@ def _relative(a, b):
 
 def _linears(model):
     """{name: layer} of the Linear layers of the language model and the ViT (float32 or kept bf16)."""
+    kinds = (paddle.nn.Linear, quant.Bf16Linear)
     return {name: layer for name, layer in model.named_sublayers()
-            if name.startswith(("language_model.", "vision_model.")) and isinstance(layer, (paddle.nn.Linear,
-                                                                                           quant.Bf16Linear))}
+            if name.startswith(("language_model.", "vision_model.")) and isinstance(layer, kinds)}
 
 
 def test_the_linear_layers_keep_the_files_bf16_tensors(tiny_bf16, models):
@@ -52,8 +52,9 @@ def test_the_linear_layers_keep_the_files_bf16_tensors(tiny_bf16, models):
     assert any(name.startswith("vision_model.") for name in kept_linears)
     assert all(isinstance(layer, quant.Bf16Linear) for layer in kept_linears.values())
     lm = kept.language_model
-    assert lm.embed_tokens.weight.dtype == paddle.float32  # embeddings, norms and the projector stay float32
-    assert all(p.dtype == paddle.float32 for p in kept.mlp1.parameters())
+    assert isinstance(lm.embed_tokens, quant.Bf16Embedding) and lm.embed_tokens.weight.dtype == paddle.bfloat16
+    assert all(p.dtype == paddle.float32 for p in kept.mlp1.parameters())  # norms and the projector stay float32
+    assert lm.embed_tokens(paddle.to_tensor([[3, 4]])).dtype == paddle.float32
     with open_checkpoint(tiny_bf16) as checkpoint:
         stored, kind = checkpoint.get_stored("language_model.model.layers.0.mlp.down_proj.weight")
     weight = lm.layers[0].mlp.down_proj.weight

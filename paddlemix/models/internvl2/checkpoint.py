@@ -214,6 +214,26 @@ class Checkpoint:
         """Tensor as a new array: floats as float32 (bf16/f16 upcast), other dtypes unchanged."""
         return as_float32(*self.get_stored(name))
 
+    def get_stored_stacked(self, names):
+        """(array, dtype) of float tensors of one dtype stacked along axis 0, read straight into one array.
+
+        For the fused q/k/v and gate/up weights: no per-part arrays and no concatenation copy.
+        """
+        entries = [self._entry(name) for name in names]
+        kinds = {entry.dtype for entry in entries}
+        if len(kinds) != 1 or entries[0].dtype not in _FLOAT_TYPES or len({e.shape[1:] for e in entries}) != 1:
+            raise CheckpointError(f"tensors {names} cannot be stacked: dtypes {sorted(kinds)}")
+        out = np.empty((sum(e.shape[0] for e in entries), *entries[0].shape[1:]), dtype=_STORAGE[entries[0].dtype])
+        view, offset = memoryview(out.reshape(-1).view(np.uint8)), 0
+        for entry in entries:
+            size = entry.end - entry.start
+            with open(entry.path, "rb", buffering=0) as f:
+                f.seek(entry.start)
+                if f.readinto(view[offset:offset + size]) != size:
+                    raise CheckpointError(f"'{entry.path}' is truncated")
+            offset += size
+        return out, entries[0].dtype
+
     def close(self):
         """Nothing stays open between reads; kept so a Checkpoint works as a context manager."""
 

@@ -275,6 +275,10 @@ class InternVLChatModel(nn.Layer):
 
     def _fused_stored(self, checkpoint, name, keys):
         """(array, safetensors dtype) of one parameter's checkpoint tensor(s), fused into the core layout."""
+        if len(keys) > 1 and hasattr(checkpoint, "get_stored_stacked") and \
+                len({checkpoint.stored_dtype(key) for key in keys}) == 1:  # q/k/v, gate/up: read into one array
+            stacked, kind = checkpoint.get_stored_stacked(keys)
+            return fuse_checkpoint_parts(self.config.llm, name[len("language_model."):], [stacked]), kind
         parts = [checkpoint.get_stored(key) for key in keys]
         kinds = {kind for _, kind in parts}
         if len(kinds) > 1:  # mixed storage dtypes: widen first, then fuse
@@ -345,9 +349,10 @@ class InternVLChatModel(nn.Layer):
             yield from zip(keys, parts)
 
     def _bf16_linear_layers(self, checkpoint, dtype, device_map, requested):
-        """Names of the Linear layers that keep the checkpoint's bf16 weights (see quant.Bf16Linear).
+        """Names of the layers that keep the checkpoint's bf16 weights (see quant.Bf16Linear).
 
-        Those of the language model and the ViT whose checkpoint tensors are all bf16. `requested`
+        The Linear layers of the language model and the ViT, and the token embeddings, whose
+        checkpoint tensors are all bf16. `requested`
         None: whenever it can (CPU, float32 compute, one device); True: it must; False: never
         (training and LoRA need float32 parameters).
         """
@@ -361,7 +366,8 @@ class InternVLChatModel(nn.Layer):
         if device_map:
             reasons.append("a device_map spreads the model")
         names = [name[:-len(".weight")] for name, _, keys, is_linear in self._checkpoint_entries()
-                 if is_linear and name.startswith(("language_model.", "vision_model."))
+                 if (is_linear and name.startswith(("language_model.", "vision_model."))
+                     or name == "language_model.embed_tokens.weight")
                  and all(checkpoint.stored_dtype(key) == "BF16" for key in keys)]
         if not names:
             reasons.append("the checkpoint holds no bf16 Linear weights")

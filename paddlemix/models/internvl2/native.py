@@ -31,7 +31,8 @@ def cache_dir():
     root = os.environ.get("PADDLEMIX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paddlemix")
     with open(SOURCE, "rb") as f:
         digest = hashlib.sha256(f.read())
-    digest.update(f"{paddle.__version__} {paddle.version.commit} {sys.version_info[:2]} {_openmp_link_flags()} {_mkl_flags()}".encode())
+    build = f"{paddle.__version__} {paddle.version.commit} {sys.version_info[:2]} {_openmp_link_flags()} {_mkl_flags()}"
+    digest.update(build.encode())
     return os.path.join(root, "kernels", digest.hexdigest()[:16])
 
 

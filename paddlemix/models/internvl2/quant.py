@@ -2,7 +2,7 @@
 
 `Bf16Linear` (CPU inference of a bf16 checkpoint, see `from_pretrained(cpu_bf16_weights=...)`; the
 language model's and the ViT's Linear layers) keeps the checkpoint's bf16 weight as it is stored,
-[out, in], and computes in float32: widening bf16 is
+[out, in], and computes in float32 (`Bf16Embedding` does the same for the token embeddings): widening bf16 is
 exact, so the numbers are the float32 model's up to summation order, with half the weight bytes to
 hold and to read per token.
 
@@ -65,6 +65,22 @@ class Bf16Linear(nn.Layer):
         return lowp_linear(x, self.weight, bias=self.bias)
 
 
+class Bf16Embedding(nn.Layer):
+    """Inference only: the token embedding table as the checkpoint stores it, bf16; float32 rows out."""
+
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.weight = self.create_parameter([num_embeddings, embedding_dim], dtype="bfloat16")
+        self.weight.stop_gradient = True
+
+    @classmethod
+    def like(cls, embedding):
+        return cls(*embedding.weight.shape)
+
+    def forward(self, ids):
+        return paddle.nn.functional.embedding(ids, self.weight).astype("float32")
+
+
 class WeightOnlyInt8Linear(nn.Layer):
     """A Linear layer whose weight is kept as int8 plus one scale per output feature.
 
@@ -107,9 +123,10 @@ def quantize_language_model(language_model, method):
 
 
 def keep_bf16_weights(model, layer_names):
-    """Swap the named nn.Linear layers of `model` for uninitialised Bf16Linear layers of the same shape."""
+    """Swap the named nn.Linear and nn.Embedding layers of `model` for uninitialised bf16 ones of the same shape."""
     layers = dict(model.named_sublayers())
     for name in layer_names:
         parent_name, _, child = name.rpartition(".")
         parent = layers[parent_name] if parent_name else model
-        setattr(parent, child, Bf16Linear.like(layers[name]))
+        kind = Bf16Embedding if isinstance(layers[name], nn.Embedding) else Bf16Linear
+        setattr(parent, child, kind.like(layers[name]))
