@@ -271,10 +271,11 @@ def lowp_linear(x, weight, scale=None, bias=None):
     and multiplied by the plain ops (the same numbers up to summation order).
     """
     rows = math.prod(x.shape[:-1])
-    module = _native_for(x.astype("float32")) if x.place.is_cpu_place() else None
+    if x.dtype != paddle.float32:
+        x = x.astype("float32")
+    module = _native_for(x)
     if module is not None:
         _, code = native_isa()
-        x = x.astype("float32")
         if rows > LOWP_MAX_ROWS and scale is None and hasattr(module, "paddlemix_bf16_gemm"):
             if bias is None:
                 return module.paddlemix_bf16_gemm(x, weight, code)
@@ -283,6 +284,6 @@ def lowp_linear(x, weight, scale=None, bias=None):
             out = (module.paddlemix_bf16_linear(x, weight, code) if scale is None
                    else module.paddlemix_int8_linear(x, weight, scale, code))
             return out if bias is None else out + bias
-    out = paddle.matmul(x.astype("float32"), weight.astype("float32"), transpose_y=True)
+    out = paddle.matmul(x, weight.astype("float32"), transpose_y=True)
     out = out if scale is None else out * scale
     return out if bias is None else out + bias
