@@ -61,7 +61,7 @@ def test_on_a_gpu_every_gpu_path_gets_a_row(monkeypatch):
         monkeypatch.setattr(IF, "fused_rms_norm", _reference_rms_norm)
     rows = selfcheck.check_rows("InternVL2-1B", "gpu", [])
     used = {row[0]: row[1] for row in rows}
-    assert used == {"rms_norm": True, "rope": True, "sdpa": True, "swiglu": True, "addmm": False,
+    assert used == {"rms_norm": True, "rope": True, "sdpa": True, "swiglu": True, "addmm": False, "native": False,
                     "all fast paths, float32": True, "weight-only int8": True}
     assert all(row[-1] for row in rows), rows
 

@@ -6,9 +6,10 @@ does not care which one ran.
 * CPU and GPU: fused RMSNorm (4x to 50x faster than the plain ops on CPU; inference only there, as
   it has no CPU backward) and SwiGLU (2x on a 300-token prefill).
 * CPU only: `Linear` folds the bias into the product (10-18% faster on the ViT and the prefill);
-  `lowp_linear` (a few rows times a bfloat16 or int8 weight in its [out, in] layout), the attention
-  softmax and GELU run this project's C++ kernels (native.py, inference only), whose AVX-512 or
-  AVX2+FMA body is chosen from the CPU's features.
+  `lowp_linear` (bfloat16 or int8 weights in their [out, in] layout: a streaming product for up
+  to 16 rows, an MKL GEMM over per-thread widened weights beyond), the InternViT attention, the
+  softmax and GELU run this project's C++ kernels (native.py, float32 inference only), whose
+  AVX-512 or AVX2+FMA body is chosen from the CPU's features.
 Other devices (NPUs) take the plain ops. PADDLEMIX_FUSED_KERNELS=0 turns every fused kernel off.
 Some of Paddle's CPU kernels need more than the x86-64 baseline and do not check for it (they die
 with SIGILL); `CPU_KERNEL_NEEDS` lists them and they run only where the CPU says it has the feature.
