@@ -275,8 +275,8 @@ class InternVLChatModel(nn.Layer):
 
     def _fused_stored(self, checkpoint, name, keys):
         """(array, safetensors dtype) of one parameter's checkpoint tensor(s), fused into the core layout."""
-        if len(keys) > 1 and hasattr(checkpoint, "get_stored_stacked") and \
-                len({checkpoint.stored_dtype(key) for key in keys}) == 1:  # q/k/v, gate/up: read into one array
+        if len(keys) > 1 and name.startswith("language_model.") and hasattr(checkpoint, "get_stored_stacked") \
+                and len({checkpoint.stored_dtype(key) for key in keys}) == 1:  # q/k/v, gate/up: one array
             stacked, kind = checkpoint.get_stored_stacked(keys)
             return fuse_checkpoint_parts(self.config.llm, name[len("language_model."):], [stacked]), kind
         parts = [checkpoint.get_stored(key) for key in keys]
@@ -352,9 +352,8 @@ class InternVLChatModel(nn.Layer):
         """Names of the layers that keep the checkpoint's bf16 weights (see quant.Bf16Linear).
 
         The Linear layers of the language model and the ViT, and the token embeddings, whose
-        checkpoint tensors are all bf16. `requested`
-        None: whenever it can (CPU, float32 compute, one device); True: it must; False: never
-        (training and LoRA need float32 parameters).
+        checkpoint tensors are all bf16. `requested` None: whenever it can (CPU, float32 compute,
+        one device); True: it must; False: never (training and LoRA need float32 parameters).
         """
         if requested is False:
             return []

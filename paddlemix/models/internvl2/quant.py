@@ -1,10 +1,10 @@
-"""Compact weights for the language model's Linear layers: the checkpoint's bf16 on CPU, or int8.
+"""Compact weights: the checkpoint's bf16 kept as stored on CPU, or weight-only int8.
 
 `Bf16Linear` (CPU inference of a bf16 checkpoint, see `from_pretrained(cpu_bf16_weights=...)`; the
-language model's and the ViT's Linear layers) keeps the checkpoint's bf16 weight as it is stored,
-[out, in], and computes in float32 (`Bf16Embedding` does the same for the token embeddings): widening bf16 is
-exact, so the numbers are the float32 model's up to summation order, with half the weight bytes to
-hold and to read per token.
+Linear layers of the language model and the ViT) keeps the checkpoint's bf16 weight as it is
+stored, [out, in], and computes in float32; `Bf16Embedding` does the same for the token embeddings.
+Widening bf16 is exact, so the numbers are the float32 model's up to summation order, with half the
+weight bytes to hold and to read per token.
 
 Weight-only int8 (`from_pretrained(quant="weight_only_int8")`) is per output channel and symmetric:
 scale = max|w| / 127 over the input axis and q = round(w / scale), the values Paddle's
