@@ -8,7 +8,6 @@ kernels.py keeps the plain Paddle ops; the failure is remembered until the sourc
 (delete the folder to retry).
 """
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -18,6 +17,11 @@ import time
 import warnings
 
 import paddle
+
+try:
+    import fcntl  # POSIX: concurrent first builds wait for each other
+except ImportError:  # Windows: no lock; a concurrent first build may compile twice
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +135,8 @@ def ops():
             with open(failed, encoding="utf-8") as f:
                 raise RuntimeError(f.read().strip())
         with open(os.path.join(folder, "build.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
             if os.path.exists(_library_path(folder)):
                 module = _load(folder)
             else:
