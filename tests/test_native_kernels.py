@@ -18,6 +18,7 @@ from paddlemix.models.internvl2 import kernels, native
 ROWS = (1, 7, 16, 17, 1025)
 SHAPES = ((64, 33), (901, 151), (128, 16))  # (K, N): odd sizes, tails shorter than any vector
 BODIES = [name for name, _, _ in kernels.NATIVE_BODIES]
+CODES = {name: code for name, code, _ in kernels.NATIVE_BODIES}
 
 
 def _body_or_skip(name):
@@ -52,7 +53,7 @@ def test_bf16_product_equals_the_widened_weights_product(ops, body, rows, k, n):
     rng = np.random.RandomState(rows * 1000 + k + n)
     x = rng.standard_normal((rows, k)).astype(np.float32)
     weight, weight64 = _bf16(rng.standard_normal((n, k)))
-    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    code = CODES[body]
     got = ops.paddlemix_bf16_linear(paddle.to_tensor(x), weight, code)
     assert got.dtype == paddle.float32 and got.shape == [rows, n]
     _close(got.numpy(), x.astype(np.float64) @ weight64.T)
@@ -67,7 +68,7 @@ def test_int8_product_scales_each_output(ops, body, rows, k, n):
     x = rng.standard_normal((rows, k)).astype(np.float32)
     values = rng.randint(-127, 128, (n, k)).astype(np.int8)
     scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
-    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    code = CODES[body]
     got = ops.paddlemix_int8_linear(paddle.to_tensor(x), paddle.to_tensor(values), paddle.to_tensor(scale), code)
     _close(got.numpy(), (x.astype(np.float64) @ values.T.astype(np.float64)) * scale)
 
@@ -151,7 +152,7 @@ def test_scaled_softmax_equals_paddles(ops, body, shape):
     rng = np.random.RandomState(sum(shape))
     scores = (rng.standard_normal(shape) * 8).astype(np.float32)
     scores[..., :1] = -1e30  # a masked key: exactly zero weight, as in Paddle's softmax
-    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    code = CODES[body]
     got = ops.paddlemix_scaled_softmax(paddle.to_tensor(scores), 0.125, code).numpy()
     want = paddle.nn.functional.softmax(paddle.to_tensor(scores) * 0.125, axis=-1).numpy()
     if shape[-1] > 1:
@@ -166,7 +167,7 @@ def test_gelu_is_the_exact_erf_gelu(ops, body):
     rng = np.random.RandomState(3)
     x = np.concatenate([np.linspace(-12, 12, 4097), rng.standard_normal(1001) * 3, [0.0, -0.0, 1e-30, -1e-30]])
     x = x.astype(np.float32)
-    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    code = CODES[body]
     got = ops.paddlemix_gelu(paddle.to_tensor(x), code).numpy()
     want = paddle.nn.functional.gelu(paddle.to_tensor(x), approximate=False).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -201,7 +202,7 @@ def test_attention_equals_the_plain_ops(ops, body, shape):
     q, k, v = (paddle.to_tensor((rng.standard_normal(shape) * 2).astype(np.float32)) for _ in range(3))
     with kernels.only_fast_paths():
         want = kernels.full_attention(q, k, v).numpy()
-    code = {name: code for name, code, _ in kernels.NATIVE_BODIES}[body]
+    code = CODES[body]
     got = ops.paddlemix_attention(q, k, v, shape[-1] ** -0.5, code).numpy()
     assert got.shape == want.shape
     _close(got, want)

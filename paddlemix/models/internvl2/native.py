@@ -95,12 +95,18 @@ def _build(folder):
     return module
 
 
+def _wheel_library(name):
+    """Link flags for a library the Paddle wheel ships in paddle/libs, or None when it does not."""
+    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
+    if os.path.isfile(os.path.join(libs, name)):
+        return [f"-L{libs}", f"-l:{name}", f"-Wl,-rpath,{libs}"]
+    return None
+
+
 def _mkl_flags():
     """(compile, link) flags for MKL's BLAS when the wheel ships it; the attention kernel needs it."""
-    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
-    if os.path.isfile(os.path.join(libs, "libmklml_intel.so")):
-        return ["-DPADDLEMIX_MKL"], [f"-L{libs}", "-l:libmklml_intel.so", f"-Wl,-rpath,{libs}"]
-    return [], []
+    link = _wheel_library("libmklml_intel.so")
+    return (["-DPADDLEMIX_MKL"], link) if link else ([], [])
 
 
 def _openmp_link_flags():
@@ -110,10 +116,7 @@ def _openmp_link_flags():
     on a 2-core machine every switch between our kernels and MKL's then cost ~3 ms, which made
     decoding 1.8x slower. With MKL's runtime both share one pool of threads.
     """
-    libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
-    if os.path.isfile(os.path.join(libs, "libiomp5.so")):
-        return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
-    return ["-fopenmp"]
+    return _wheel_library("libiomp5.so") or ["-fopenmp"]
 
 
 def _load(folder):

@@ -338,6 +338,15 @@ void softmax_row_plain(const float* x, float* out, int64_t n, float scale) {
   for (int64_t i = 0; i < n; ++i) out[i] /= sum;
 }
 
+// The softmax of one row by the body `isa` names (`out` may be `x`).
+void softmax_row(int isa, const float* x, float* out, int64_t n, float scale) {
+#ifdef PADDLEMIX_X86
+  if (isa == kAvx512) return softmax_row_avx512(x, out, n, scale);
+  if (isa == kAvx2) return softmax_row_avx2(x, out, n, scale);
+#endif
+  softmax_row_plain(x, out, n, scale);
+}
+
 paddle::Tensor float32_like(const paddle::Tensor& x, const char* what) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, what, " takes a float32 CPU tensor");
   return paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
@@ -396,19 +405,7 @@ std::vector<paddle::Tensor> ScaledSoftmax(const paddle::Tensor& x, float scale, 
   const float* in = x.data<float>();
   float* dst = out.data<float>();
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-#ifdef PADDLEMIX_X86
-    if (isa == kAvx512) {
-      softmax_row_avx512(in + r * n, dst + r * n, n, scale);
-      continue;
-    }
-    if (isa == kAvx2) {
-      softmax_row_avx2(in + r * n, dst + r * n, n, scale);
-      continue;
-    }
-#endif
-    softmax_row_plain(in + r * n, dst + r * n, n, scale);
-  }
+  for (int64_t r = 0; r < rows; ++r) softmax_row(isa, in + r * n, dst + r * n, n, scale);
   return {out};
 }
 
@@ -482,20 +479,8 @@ std::vector<paddle::Tensor> Attention(const paddle::Tensor& q, const paddle::Ten
       const int64_t head = b * length * ld + h * dim;
       cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, length, dim, 1.f, qd + head + r0 * ld, ld, kd + head, ld, 0.f,
                   scores.data(), length);
-      for (int64_t r = 0; r < rows; ++r) {
-        float* row = scores.data() + r * length;
-#ifdef PADDLEMIX_X86
-        if (isa == kAvx512) {
-          softmax_row_avx512(row, row, length, scale);
-          continue;
-        }
-        if (isa == kAvx2) {
-          softmax_row_avx2(row, row, length, scale);
-          continue;
-        }
-#endif
-        softmax_row_plain(row, row, length, scale);
-      }
+      for (int64_t r = 0; r < rows; ++r) softmax_row(isa, scores.data() + r * length, scores.data() + r * length,
+                                                     length, scale);
       cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, dim, length, 1.f, scores.data(), length, vd + head, ld, 0.f,
                   od + head + r0 * ld, ld);
     }
