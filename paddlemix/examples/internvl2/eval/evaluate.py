@@ -143,14 +143,16 @@ def main(argv=None):
     model_name = os.path.basename(os.path.normpath(args.checkpoint))
     run_dir = os.path.join(args.out_dir, model_name, args.dataset)
     if args.score_only:
-        settings = saved_answers_settings(run_dir, items)
+        settings, answers = saved_answers(run_dir, items)
     else:
         os.makedirs(run_dir, exist_ok=True)
         check_resume(run_dir, settings, rank)
         answer_all(args, settings, items, run_dir, rank)
+        answers = None
     if rank != 0:
         return None
-    records = runner.merge(items, runner.wait_for_answers(items, run_dir, args.wait_timeout))
+    records = runner.merge(items, answers if answers is not None
+                          else runner.wait_for_answers(items, run_dir, args.wait_timeout))
     write_json(os.path.join(run_dir, "answers.json"), records)
     metrics = task.evaluate(records, run_dir)
     if judge is not None:
@@ -191,8 +193,8 @@ def answer_all(args, settings, items, run_dir, rank):
     runner.answer_shard(items, run_dir, answer, desc=f"{args.dataset} rank {rank}")
 
 
-def saved_answers_settings(run_dir, items):
-    """--score-only: the settings of the run that answered every question in ``run_dir``."""
+def saved_answers(run_dir, items):
+    """--score-only: (settings, answers) of the run that answered every question in ``run_dir``."""
     path = os.path.join(run_dir, "run.json")
     if not os.path.exists(path):
         raise DatasetError(f"no answers to score in {run_dir}; run without --score-only first")
@@ -201,7 +203,7 @@ def saved_answers_settings(run_dir, items):
     if missing:
         raise DatasetError(f"{missing} of {len(items)} questions have no answer in {run_dir}; run without "
                            f"--score-only to answer them first")
-    return read_json(path)
+    return read_json(path), answers
 
 
 if __name__ == "__main__":

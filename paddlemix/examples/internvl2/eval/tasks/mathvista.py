@@ -61,6 +61,8 @@ Extracted answer: B
 EXTRACTION_TRIES = 5  # the official patience
 BREAKDOWN = ("question_type", "answer_type", "language", "source", "category", "task", "context", "grade", "skills")
 SPLITS = {"mathvista-testmini": "testmini"}
+# The problem fields the scorer needs, kept with each question and written back in the results files.
+FIELDS = ("pid", "query", "question_type", "answer_type", "choices", "precision", "answer", "metadata")
 
 
 def rule_extraction(response: str, problem: Dict) -> Optional[str]:
@@ -135,9 +137,8 @@ class MathVistaTask(JudgedTask):
 
     def load(self):
         problems = read_json(self.require(f"data/MathVista/annot_{SPLITS[self.name]}.json"))
-        fields = ("pid", "query", "question_type", "answer_type", "choices", "precision", "answer", "metadata")
         return [Item(str(pid), problem["query"], ImageFile(os.path.join(self.root, self.folder, problem["image"])),
-                     {name: problem.get(name) for name in fields})
+                     {name: problem.get(name) for name in FIELDS})
                 for pid, problem in problems.items()]
 
     def evaluate(self, records: Sequence[Dict], out_dir: str) -> Dict:
@@ -188,5 +189,5 @@ class MathVistaTask(JudgedTask):
 
 
 def _problem(record: Dict) -> Dict:
-    return {name: record[name] for name in ("pid", "query", "question_type", "answer_type", "choices", "precision",
-                                            "answer", "metadata", "response")}
+    """The problem with the model's response, as upstream's results file holds it."""
+    return {name: record[name] for name in (*FIELDS, "response")}
