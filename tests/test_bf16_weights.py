@@ -64,6 +64,23 @@ def test_the_linear_layers_keep_the_files_bf16_tensors(tiny_bf16, models):
     assert 2 * bf16_bytes == sum(layer.weight.numel().item() * 4 for layer in wide_linears.values())  # half
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_weights_stored_back_to_back_are_used_from_the_files_memory_map(tiny_bf16, models):
+    """Loading does not read them: gate/up (neighbours in the file) and down are views of the mapped shard."""
+    mapped = []
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if fields[-1].startswith(tiny_bf16):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                mapped.append((start, end))
+    mlp = models[0].language_model.layers[0].mlp
+    for weight in (mlp.gate_up_proj.weight, mlp.down_proj.weight):
+        assert any(start <= weight.data_ptr() < end for start, end in mapped)
+    widened = models[1].language_model.layers[0].mlp.down_proj.weight
+    assert not any(start <= widened.data_ptr() < end for start, end in mapped)
+
+
 def test_the_vit_gives_the_float32_features(models):
     pixels = random_pixels(2, 1)
     with paddle.no_grad():

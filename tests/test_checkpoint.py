@@ -57,6 +57,25 @@ def test_bfloat16_save_reloads_close(tiny, tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2 ** -8, atol=1e-6, err_msg=name)
 
 
+def test_tensors_stored_back_to_back_are_mapped_not_read(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"a.gate": rng.standard_normal((3, 5)), "a.up": rng.standard_normal((4, 5)),
+               "b.other": rng.standard_normal(7), "c.last": rng.standard_normal((2, 5))}
+    save_checkpoint(str(tmp_path), [(k, v.astype(np.float32)) for k, v in tensors.items()], dtype="bfloat16")
+    checkpoint = open_checkpoint(str(tmp_path))
+    view, kind = checkpoint.get_mapped(["a.gate", "a.up"])
+    stacked, _ = checkpoint.get_stored_stacked(["a.gate", "a.up"])
+    assert kind == "BF16" and view.shape == (7, 5)
+    np.testing.assert_array_equal(view, stacked)
+    assert checkpoint.get_mapped(["a.gate", "c.last"]) is None  # not neighbours in the file: read them
+    before = (tmp_path / "model.safetensors").read_bytes()
+    view[:] = 0  # copy-on-write: the file never changes
+    checkpoint.close()
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert not view.any()  # and the view outlives close()
+    np.testing.assert_array_equal(checkpoint.get_mapped(["a.up"])[0], stacked[3:])
+
+
 def _rewrite(src, dst, drop=(), add=None):
     with open_checkpoint(src) as ckpt:
         tensors = {key: ckpt.get(key) for key in ckpt.keys() if key not in drop}

@@ -7,6 +7,7 @@ It imports no paddle, so tools and tests can use it without building a model.
 
 import json
 import logging
+import mmap
 import os
 import re
 import tempfile
@@ -173,6 +174,7 @@ class Checkpoint:
     def __init__(self, source, entries):
         self._source = source
         self._entries = entries
+        self._maps = {}  # path -> the file's bytes through a copy-on-write memory map (get_mapped)
 
     def keys(self):
         return sorted(self._entries)
@@ -199,8 +201,8 @@ class Checkpoint:
     def get_stored(self, name):
         """(array, safetensors dtype) as stored: bf16 comes as uint16 bit patterns (numpy has no bf16).
 
-        Bytes are read with a plain file read rather than a memory map, so a
-        loaded tensor leaves no file pages counted in the process's memory.
+        Bytes are read with a plain file read rather than a memory map, so a tensor that is widened
+        leaves no file pages counted in the process's memory (weights kept as stored: `get_mapped`).
         """
         entry = self._entry(name)
         storage = _STORAGE[entry.dtype]
@@ -234,8 +236,34 @@ class Checkpoint:
             offset += size
         return out, entries[0].dtype
 
+    def get_mapped(self, names):
+        """(array, dtype) of float tensors stored back to back in one file, as a view of a memory map of
+        that file; None when they are not (then read them with `get_stored_stacked`).
+
+        For weights that stay as stored (bf16 on CPU): the array costs neither a copy nor a page
+        fault at load time. The pages come in from the page cache when first used, and they are
+        shared with it. The map is copy-on-write, so a write to the array never reaches the file.
+        A view outlives `close`: it keeps its map alive.
+        """
+        entries = [self._entry(name) for name in names]
+        first = entries[0]
+        storage = _STORAGE[first.dtype]
+        if (first.dtype not in _FLOAT_TYPES or first.start % storage.itemsize
+                or any(e.path != first.path or e.dtype != first.dtype or e.shape[1:] != first.shape[1:]
+                       for e in entries)
+                or any(a.end != b.start for a, b in zip(entries, entries[1:]))):
+            return None
+        if first.path not in self._maps:
+            with open(first.path, "rb") as f:
+                self._maps[first.path] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), np.uint8)
+        rows = sum(e.shape[0] for e in entries) if first.shape else None
+        shape = (rows, *first.shape[1:]) if first.shape else ()
+        data = self._maps[first.path][first.start:entries[-1].end]
+        return data.view(storage).reshape(shape), first.dtype
+
     def close(self):
-        """Nothing stays open between reads; kept so a Checkpoint works as a context manager."""
+        """Forgets the memory maps; arrays taken from them keep theirs alive."""
+        self._maps.clear()
 
     def __enter__(self):
         return self

@@ -273,8 +273,16 @@ class InternVLChatModel(nn.Layer):
     def _language_model_keys(self, inner_name):
         return ["language_model." + key for key in checkpoint_names(self.config.llm, inner_name)]
 
-    def _fused_stored(self, checkpoint, name, keys):
-        """(array, safetensors dtype) of one parameter's checkpoint tensor(s), fused into the core layout."""
+    def _fused_stored(self, checkpoint, name, keys, mapped=False):
+        """(array, safetensors dtype) of one parameter's checkpoint tensor(s), fused into the core layout.
+
+        `mapped`: the array may be a view of the file's memory map (see `Checkpoint.get_mapped`).
+        """
+        view = checkpoint.get_mapped(keys) if mapped and hasattr(checkpoint, "get_mapped") else None
+        if view is not None:
+            inner = name[len("language_model."):]
+            return (fuse_checkpoint_parts(self.config.llm, inner, [view[0]]) if name.startswith("language_model.")
+                    else view[0]), view[1]
         if len(keys) > 1 and name.startswith("language_model.") and hasattr(checkpoint, "get_stored_stacked") \
                 and len({checkpoint.stored_dtype(key) for key in keys}) == 1:  # q/k/v, gate/up: one array
             stacked, kind = checkpoint.get_stored_stacked(keys)
@@ -309,13 +317,13 @@ class InternVLChatModel(nn.Layer):
             raise CheckpointError(_describe_key_mismatch(missing, unexpected))
         with ThreadPoolExecutor(max_workers=_load_threads()) as pool:
             for name, param, keys, is_linear in tqdm(entries, desc="Loading weights", unit="tensor", leave=False):
-                stored, kind = self._fused_stored(checkpoint, name, keys)
+                stored, kind = self._fused_stored(checkpoint, name, keys, mapped=param.dtype == paddle.bfloat16)
                 shape = stored.shape[::-1] if is_linear else stored.shape
                 if tuple(shape) != tuple(param.shape):
                     raise CheckpointError(f"checkpoint tensor(s) {keys} have shape {tuple(shape)} after mapping, "
                                           f"but the model built from config.json expects {tuple(param.shape)}")
                 place = module_device(keys[0], device_map) if device_map else None
-                if param.dtype == paddle.bfloat16 and kind == "BF16":  # kept as stored (Bf16Linear): no copy
+                if param.dtype == paddle.bfloat16 and kind == "BF16":  # kept as stored (Bf16Linear): no copy, no read
                     # numpy has no bf16: its bits go through dlpack as int16 and are viewed as bf16.
                     bits = paddle.utils.dlpack.from_dlpack(np.ascontiguousarray(stored).view(np.int16))
                     bits.view(paddle.bfloat16)._share_buffer_to(param)
