@@ -206,3 +206,31 @@ def test_attention_equals_the_plain_ops(ops, body, shape):
     got = ops.paddlemix_attention(q, k, v, shape[-1] ** -0.5, code).numpy()
     assert got.shape == want.shape
     _close(got, want)
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("batch,heads,kv_heads,dim,past", [(1, 14, 2, 64, 0), (2, 4, 4, 128, 16), (3, 6, 2, 64, 1024)])
+def test_decode_attention_equals_the_plain_ops_and_writes_only_its_cache_position(ops, body, batch, heads, kv_heads,
+                                                                                  dim, past, monkeypatch):
+    _body_or_skip(body)
+    calls, original = [], ops.paddlemix_decode_attention
+    monkeypatch.setattr(ops, "paddlemix_decode_attention", lambda *args: calls.append(args[-1]) or original(*args))
+    rng = np.random.RandomState(past + dim)
+    qkv = paddle.to_tensor(rng.standard_normal((batch, 1, (heads + 2 * kv_heads) * dim)).astype(np.float32))
+    angles = rng.uniform(0, 6.3, (batch, 1, dim // 2)).astype(np.float32)
+    angles = np.concatenate([angles, angles], axis=-1)
+    cos, sin = paddle.to_tensor(np.cos(angles)), paddle.to_tensor(np.sin(angles))
+    caches = [rng.standard_normal((batch, kv_heads, past + 3, dim)).astype(np.float32) for _ in range(2)]
+    outs = {}
+    for name in ("native", "plain"):
+        keys, values = (paddle.to_tensor(c) for c in caches)
+        with kernels.native_body(body), kernels.only_fast_paths(*(["native"] if name == "native" else [])):
+            out = kernels.decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads)
+        outs[name] = out.numpy(), keys.numpy(), values.numpy()
+        assert out.shape == [batch, 1, heads * dim]
+        for before, after in zip(caches, (keys.numpy(), values.numpy())):
+            np.testing.assert_array_equal(np.delete(after, past, axis=2), np.delete(before, past, axis=2))
+    assert calls == [CODES[body]]
+    for got, want in zip(outs["native"], outs["plain"]):
+        _close(got, want)
+    np.testing.assert_array_equal(outs["native"][2][:, :, past], outs["plain"][2][:, :, past])  # v is copied as is

@@ -195,6 +195,28 @@ def grouped_attention(query, key, value, mask=None):
     return paddle.matmul(probs, value).reshape([batch, heads, q_len, dim])
 
 
+def decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads):
+    """One decoding step of rotary grouped-query attention, writing the new key and value into the cache.
+
+    qkv [B, 1, (heads + 2 kv_heads) D] is the fused projection; cos/sin [B, 1, D]; keys/values
+    [B, kv_heads, L, D] hold `past` positions and get position `past` in place. Every query sees
+    every cached key (no padding, no window). Returns [B, 1, heads D]. On CPU one C++ call does
+    what ~30 eager ops do.
+    """
+    module = _native_for(qkv)
+    if module is not None and hasattr(module, "paddlemix_decode_attention") and keys.dtype == paddle.float32:
+        return module.paddlemix_decode_attention(qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values,
+                                                 heads, kv_heads, past, native_isa()[1])[0]
+    batch, dim = qkv.shape[0], keys.shape[-1]
+    qkv = qkv.reshape([batch, 1, heads + 2 * kv_heads, dim])
+    qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
+    q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
+    keys[:, :, past:past + 1] = k.transpose([0, 2, 1, 3])
+    values[:, :, past:past + 1] = v.transpose([0, 2, 1, 3])
+    out = grouped_attention(q.transpose([0, 2, 1, 3]), keys[:, :, :past + 1], values[:, :, :past + 1])
+    return out.transpose([0, 2, 1, 3]).reshape([batch, 1, heads * dim])
+
+
 def full_attention(query, key, value):
     """Unmasked attention (InternViT), [B, L, H, D] in and out."""
     if _on("sdpa") and fused_enabled(query):

@@ -16,7 +16,8 @@ from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
 from .config import rope_type
-from .kernels import Linear, apply_rotary, causal_attention, grouped_attention, rms_norm, swiglu
+from .kernels import (Linear, apply_rotary, causal_attention, decode_attention, grouped_attention, rms_norm,
+                      swiglu)
 
 
 class RMSNorm(nn.Layer):
@@ -226,17 +227,22 @@ class KVCache:
         self.max_length = max_length
         self.length = 0
 
+    def buffers(self, layer, place, new_tokens):
+        """The whole [B, KV, max_length, D] key and value buffers of `layer`, with room checked for `new_tokens`."""
+        if self.length + new_tokens > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} tokens; {self.length + new_tokens} were requested")
+        if self.keys[layer] is None:
+            self.keys[layer] = paddle.zeros(self.shape, dtype=self.dtype, device=place)
+            self.values[layer] = paddle.zeros(self.shape, dtype=self.dtype, device=place)
+        return self.keys[layer], self.values[layer]
+
     def update(self, layer, key, value):
         """Store [B, KV, T, D] keys/values at the current end; return everything so far."""
+        keys, values = self.buffers(layer, key.place, key.shape[2])
         start, end = self.length, self.length + key.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"KV cache holds {self.max_length} tokens; {end} were requested")
-        if self.keys[layer] is None:
-            self.keys[layer] = paddle.zeros(self.shape, dtype=self.dtype, device=key.place)
-            self.values[layer] = paddle.zeros(self.shape, dtype=self.dtype, device=value.place)
-        self.keys[layer][:, :, start:end] = key
-        self.values[layer][:, :, start:end] = value
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys[:, :, start:end] = key
+        values[:, :, start:end] = value
+        return keys[:, :, :end], values[:, :, :end]
 
     def reorder(self, rows):
         """Make row i a copy of row rows[i] (beam search: each beam takes over its parent's history)."""
@@ -263,11 +269,15 @@ class Attention(nn.Layer):
         sequence runs the causal kernel and a decoded token sees every cached key."""
         batch, length, _ = hidden.shape
         heads, kv_heads = self.num_heads, self.num_kv_heads
-        qkv = self.qkv_proj(hidden).reshape([batch, length, heads + 2 * kv_heads, self.head_dim])
+        qkv = self.qkv_proj(hidden)
+        past = cache.length if cache is not None else 0
+        if mask is None and past:  # one decoded token per row, seeing every cached key
+            keys, values = cache.buffers(layer_index, qkv.place, 1)
+            return self.o_proj(decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads))
+        qkv = qkv.reshape([batch, length, heads + 2 * kv_heads, self.head_dim])
         qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
         q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
-        past = cache.length if cache is not None else 0
-        if mask is None and past == 0:
+        if mask is None:  # a fresh sequence (with cached keys, the step above ran)
             if cache is not None:
                 cache.update(layer_index, k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3]))
             out = causal_attention(q, k, v)
