@@ -210,11 +210,20 @@ def test_attention_equals_the_plain_ops(ops, body, shape):
 
 @pytest.mark.parametrize("body", BODIES)
 @pytest.mark.parametrize("batch,heads,kv_heads,dim,past", [(1, 14, 2, 64, 0), (2, 4, 4, 128, 16), (3, 6, 2, 64, 1024)])
+@pytest.mark.parametrize("masked", [False, True])
 def test_decode_attention_equals_the_plain_ops_and_writes_only_its_cache_position(ops, body, batch, heads, kv_heads,
-                                                                                  dim, past, monkeypatch):
+                                                                                  dim, past, masked, monkeypatch):
     _body_or_skip(body)
-    calls, original = [], ops.paddlemix_decode_attention
-    monkeypatch.setattr(ops, "paddlemix_decode_attention", lambda *args: calls.append(args[-1]) or original(*args))
+    name = "paddlemix_masked_decode_attention" if masked else "paddlemix_decode_attention"
+    calls, original = [], getattr(ops, name)
+    monkeypatch.setattr(ops, name, lambda *args: calls.append(args[-1]) or original(*args))
+    mask = None
+    if masked:  # row b left-padded by b positions; the last row also sees only a window of 3 keys
+        allowed = np.ones((batch, 1, 1, past + 1), dtype=bool)
+        for b in range(batch):
+            allowed[b, ..., :min(b, past)] = False
+        allowed[-1, ..., :max(0, past - 2)] = False
+        mask = paddle.to_tensor(allowed)
     rng = np.random.RandomState(past + dim)
     qkv = paddle.to_tensor(rng.standard_normal((batch, 1, (heads + 2 * kv_heads) * dim)).astype(np.float32))
     angles = rng.uniform(0, 6.3, (batch, 1, dim // 2)).astype(np.float32)
@@ -225,7 +234,7 @@ def test_decode_attention_equals_the_plain_ops_and_writes_only_its_cache_positio
     for name in ("native", "plain"):
         keys, values = (paddle.to_tensor(c) for c in caches)
         with kernels.native_body(body), kernels.only_fast_paths(*(["native"] if name == "native" else [])):
-            out = kernels.decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads)
+            out = kernels.decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask)
         outs[name] = out.numpy(), keys.numpy(), values.numpy()
         assert out.shape == [batch, 1, heads * dim]
         for before, after in zip(caches, (keys.numpy(), values.numpy())):
@@ -234,3 +243,26 @@ def test_decode_attention_equals_the_plain_ops_and_writes_only_its_cache_positio
     for got, want in zip(outs["native"], outs["plain"]):
         _close(got, want)
     np.testing.assert_array_equal(outs["native"][2][:, :, past], outs["plain"][2][:, :, past])  # v is copied as is
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("shape", [(1, 896), (7, 17), (2, 3, 1025), (1, 1, 64)])
+def test_rms_norm_and_its_residual_form_equal_the_plain_ops(ops, body, shape, monkeypatch):
+    _body_or_skip(body)
+    calls = []
+    for name in ("paddlemix_rms_norm", "paddlemix_add_rms_norm"):
+        original = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, _n=name, _o=original: calls.append((_n, args[-1])) or _o(*args))
+    rng = np.random.RandomState(sum(shape))
+    x, residual = (paddle.to_tensor(rng.standard_normal(shape).astype(np.float32) * 3) for _ in range(2))
+    weight = paddle.to_tensor(rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32))
+    results = {}
+    for name in ("native", "plain"):
+        with paddle.no_grad(), kernels.native_body(body), \
+                kernels.only_fast_paths(*(["native"] if name == "native" else [])):
+            results[name] = [kernels.rms_norm(x, weight, 1e-6), *kernels.add_rms_norm(x, residual, weight, 1e-5)]
+    assert calls == [("paddlemix_rms_norm", CODES[body]), ("paddlemix_add_rms_norm", CODES[body])]
+    for got, want in zip(results["native"], results["plain"]):
+        assert got.shape == list(shape)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(results["native"][2].numpy(), (x + residual).numpy())

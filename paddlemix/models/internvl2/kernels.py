@@ -133,6 +133,9 @@ def swiglu(gate_up):
 
 def rms_norm(x, weight, eps):
     """weight * x / rms(x), the RMS taken in float32 as the reference models do."""
+    module = _native_for(x)
+    if module is not None and weight.dtype == paddle.float32 and not _needs_grad(weight):
+        return module.paddlemix_rms_norm(x.contiguous(), weight, float(eps), native_isa()[1])
     # Paddle has no CPU backward for it: training on CPU takes the plain ops.
     if _on("rms_norm") and (fused_enabled(x) or (_cpu_or_gpu(x) and not _needs_grad(x, weight)
                                                  and cpu_kernel_runs("rms_norm"))):
@@ -140,6 +143,18 @@ def rms_norm(x, weight, eps):
     x32 = x.astype("float32")
     x32 = x32 * paddle.rsqrt(x32.pow(2).mean(axis=-1, keepdim=True) + eps)
     return weight * x32.astype(x.dtype)
+
+
+def add_rms_norm(x, residual, weight, eps):
+    """(rms_norm(x + residual), x + residual): a decoder layer's residual add and the next norm, one pass on CPU."""
+    module = _native_for(x)
+    if (module is not None and residual.dtype == paddle.float32 and weight.dtype == paddle.float32
+            and not _needs_grad(residual, weight)):
+        out, total = module.paddlemix_add_rms_norm(x.contiguous(), residual.contiguous(), weight, float(eps),
+                                                   native_isa()[1])
+        return out, total
+    total = x + residual
+    return rms_norm(total, weight, eps), total
 
 
 def rotate_half(x):
@@ -195,25 +210,28 @@ def grouped_attention(query, key, value, mask=None):
     return paddle.matmul(probs, value).reshape([batch, heads, q_len, dim])
 
 
-def decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads):
+def decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask=None):
     """One decoding step of rotary grouped-query attention, writing the new key and value into the cache.
 
     qkv [B, 1, (heads + 2 kv_heads) D] is the fused projection; cos/sin [B, 1, D]; keys/values
-    [B, kv_heads, L, D] hold `past` positions and get position `past` in place. Every query sees
-    every cached key (no padding, no window). Returns [B, 1, heads D]. On CPU one C++ call does
-    what ~30 eager ops do.
+    [B, kv_heads, L, D] hold `past` positions and get position `past` in place. `mask` bool
+    [B, 1, 1, past + 1] (padding, a window), or None when the query sees every key. Returns
+    [B, 1, heads D]. On CPU one C++ call does what ~30 eager ops do.
     """
     module = _native_for(qkv)
-    if module is not None and hasattr(module, "paddlemix_decode_attention") and keys.dtype == paddle.float32:
-        return module.paddlemix_decode_attention(qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values,
-                                                 heads, kv_heads, past, native_isa()[1])[0]
+    if module is not None and hasattr(module, "paddlemix_masked_decode_attention") and keys.dtype == paddle.float32:
+        args = (qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values)
+        if mask is None:
+            return module.paddlemix_decode_attention(*args, heads, kv_heads, past, native_isa()[1])[0]
+        return module.paddlemix_masked_decode_attention(*args, mask.contiguous(), heads, kv_heads, past,
+                                                        native_isa()[1])[0]
     batch, dim = qkv.shape[0], keys.shape[-1]
     qkv = qkv.reshape([batch, 1, heads + 2 * kv_heads, dim])
     qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
     q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
     keys[:, :, past:past + 1] = k.transpose([0, 2, 1, 3])
     values[:, :, past:past + 1] = v.transpose([0, 2, 1, 3])
-    out = grouped_attention(q.transpose([0, 2, 1, 3]), keys[:, :, :past + 1], values[:, :, :past + 1])
+    out = grouped_attention(q.transpose([0, 2, 1, 3]), keys[:, :, :past + 1], values[:, :, :past + 1], mask)
     return out.transpose([0, 2, 1, 3]).reshape([batch, 1, heads * dim])
 
 

@@ -16,8 +16,8 @@ from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
 from .config import rope_type
-from .kernels import (Linear, apply_rotary, causal_attention, decode_attention, grouped_attention, rms_norm,
-                      swiglu)
+from .kernels import (Linear, add_rms_norm, apply_rotary, causal_attention, decode_attention, grouped_attention,
+                      rms_norm, swiglu)
 
 
 class RMSNorm(nn.Layer):
@@ -30,6 +30,10 @@ class RMSNorm(nn.Layer):
 
     def forward(self, x):
         return rms_norm(x, self.weight, self.eps)
+
+    def add_and_norm(self, x, residual):
+        """(this norm of x + residual, x + residual)."""
+        return add_rms_norm(x, residual, self.weight, self.eps)
 
 
 # --- checkpoint layouts ------------------------------------------------------
@@ -271,13 +275,13 @@ class Attention(nn.Layer):
         heads, kv_heads = self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(hidden)
         past = cache.length if cache is not None else 0
-        if mask is None and past:  # one decoded token per row, seeing every cached key
+        if past and length == 1:  # one decoded token per row
             keys, values = cache.buffers(layer_index, qkv.place, 1)
-            return self.o_proj(decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads))
+            return self.o_proj(decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask))
         qkv = qkv.reshape([batch, length, heads + 2 * kv_heads, self.head_dim])
         qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
         q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
-        if mask is None:  # a fresh sequence (with cached keys, the step above ran)
+        if mask is None:  # a fresh sequence (past > 0 comes with a mask when more than one token is new)
             if cache is not None:
                 cache.update(layer_index, k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3]))
             out = causal_attention(q, k, v)
@@ -310,8 +314,9 @@ class DecoderLayer(nn.Layer):
         self.mlp = MLP(config)
 
     def forward(self, hidden, cos, sin, mask, cache=None, layer_index=0):
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, mask, cache, layer_index)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        attended = self.self_attn(self.input_layernorm(hidden), cos, sin, mask, cache, layer_index)
+        normed, hidden = self.post_attention_layernorm.add_and_norm(attended, hidden)
+        return hidden + self.mlp(normed)
 
 
 def build_attention_mask(attention_mask, query_length, past_length, window=None):

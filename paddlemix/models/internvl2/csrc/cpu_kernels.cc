@@ -392,6 +392,49 @@ __attribute__((target("avx2,fma"))) void gelu_avx2(const float* x, float* out, i
   }
   for (; i < n; ++i) out[i] = gelu_plain(x[i]);
 }
+
+// RMSNorm of one row: s = x (+ residual, stored in `sum`), out = (s / rms(s)) * w, the mean of squares in float32.
+__attribute__((target("avx512f"))) void rms_norm_row_avx512(const float* x, const float* residual, const float* w,
+                                                            float eps, float* out, float* sum, int64_t n) {
+  const float* s = x;
+  int64_t i = 0;
+  if (residual) {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(sum + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(residual + i)));
+    for (; i < n; ++i) sum[i] = x[i] + residual[i];
+    s = sum;
+  }
+  __m512 acc = _mm512_setzero_ps();
+  for (i = 0; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(s + i), _mm512_loadu_ps(s + i), acc);
+  float squares = _mm512_reduce_add_ps(acc);
+  for (; i < n; ++i) squares += s[i] * s[i];
+  const float inv = 1.f / std::sqrt(squares / static_cast<float>(n) + eps);
+  const __m512 vinv = _mm512_set1_ps(inv);
+  for (i = 0; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + i), vinv), _mm512_loadu_ps(w + i)));
+  for (; i < n; ++i) out[i] = s[i] * inv * w[i];
+}
+
+__attribute__((target("avx2,fma"))) void rms_norm_row_avx2(const float* x, const float* residual, const float* w,
+                                                           float eps, float* out, float* sum, int64_t n) {
+  const float* s = x;
+  int64_t i = 0;
+  if (residual) {
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(sum + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(residual + i)));
+    for (; i < n; ++i) sum[i] = x[i] + residual[i];
+    s = sum;
+  }
+  __m256 acc = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(s + i), _mm256_loadu_ps(s + i), acc);
+  float squares = reduce8(acc);
+  for (; i < n; ++i) squares += s[i] * s[i];
+  const float inv = 1.f / std::sqrt(squares / static_cast<float>(n) + eps);
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (i = 0; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(s + i), vinv), _mm256_loadu_ps(w + i)));
+  for (; i < n; ++i) out[i] = s[i] * inv * w[i];
+}
 #endif  // PADDLEMIX_X86
 
 void softmax_row_plain(const float* x, float* out, int64_t n, float scale) {
@@ -399,6 +442,19 @@ void softmax_row_plain(const float* x, float* out, int64_t n, float scale) {
   for (int64_t i = 0; i < n; ++i) max = x[i] > max ? x[i] : max;
   for (int64_t i = 0; i < n; ++i) sum += out[i] = exp_plain((x[i] - max) * scale);
   for (int64_t i = 0; i < n; ++i) out[i] /= sum;
+}
+
+void rms_norm_row_plain(const float* x, const float* residual, const float* w, float eps, float* out, float* sum,
+                        int64_t n) {
+  const float* s = x;
+  if (residual) {
+    for (int64_t i = 0; i < n; ++i) sum[i] = x[i] + residual[i];
+    s = sum;
+  }
+  float squares = 0.f;
+  for (int64_t i = 0; i < n; ++i) squares += s[i] * s[i];
+  const float inv = 1.f / std::sqrt(squares / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = s[i] * inv * w[i];
 }
 
 // The softmax of one row by the body `isa` names (`out` may be `x`).
@@ -632,10 +688,11 @@ PD_BUILD_OP(paddlemix_bf16_gemm_bias)
 // qkv [B, 1, (H + 2 KV) D] (the fused projection's output), cos/sin [B, 1, D]; the caches
 // [B, KV, L, D] hold `past` positions. RoPE (rotate-half) on q and k, k and v written at position
 // `past` of the caches (in place), then each query head attends over positions 0..past of its KV
-// head. Out [B, 1, H D]. Threads split the (row, KV head) pairs.
-std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
-                                            const paddle::Tensor& sin, paddle::Tensor& k_cache,
-                                            paddle::Tensor& v_cache, int heads, int kv_heads, int past, int isa) {
+// head. A key mask [B, 1, 1, past + 1] (bool, true = attend: padding, a window) gives the others the
+// score -1e30, as the plain ops do. Out [B, 1, H D]. Threads split the (row, KV head) pairs.
+paddle::Tensor decode_attention(const paddle::Tensor& qkv, const paddle::Tensor& cos, const paddle::Tensor& sin,
+                                paddle::Tensor& k_cache, paddle::Tensor& v_cache, const paddle::Tensor* mask,
+                                int heads, int kv_heads, int past, int isa) {
   check_isa(isa);
   const paddle::Tensor* inputs[] = {&qkv, &cos, &sin, &k_cache, &v_cache};
   for (const paddle::Tensor* t : inputs) {
@@ -648,6 +705,9 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const pad
                qkv.shape()[2] == (heads + 2 * kv_heads) * dim, "qkv must be [B, 1, (H + 2 KV) D]");
   PD_CHECK(cos.numel() == batch * dim && sin.numel() == batch * dim, "cos and sin must be [B, 1, D]");
   PD_CHECK(past >= 0 && past < length, "the cache is full");
+  PD_CHECK(!mask || (mask->dtype() == paddle::DataType::BOOL && mask->numel() == batch * (past + 1)),
+           "the mask must be bool [B, 1, 1, past + 1]");
+  const bool* md = mask ? mask->data<bool>() : nullptr;
   auto out = paddle::empty({batch, 1, heads * dim}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const float *qd = qkv.data<float>(), *cd = cos.data<float>(), *sd = sin.data<float>();
   float *kd = k_cache.data<float>(), *vd = v_cache.data<float>(), *od = out.data<float>();
@@ -676,7 +736,7 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const pad
           const float* key = k_head + j * dim;
           float dot = 0.f;
           for (int64_t i = 0; i < dim; ++i) dot += query[i] * key[i];
-          scores[j] = dot;
+          scores[j] = !md || md[b * keys + j] ? dot : -1e30f;
         }
         softmax_row(isa, scores.data(), scores.data(), keys, scale);
         float* o = od + b * heads * dim + h * dim;
@@ -688,7 +748,19 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const pad
       }
     }
   }
-  return {out};
+  return out;
+}
+
+std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
+                                            const paddle::Tensor& sin, paddle::Tensor& k_cache,
+                                            paddle::Tensor& v_cache, int heads, int kv_heads, int past, int isa) {
+  return {decode_attention(qkv, cos, sin, k_cache, v_cache, nullptr, heads, kv_heads, past, isa)};
+}
+std::vector<paddle::Tensor> MaskedDecodeAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
+                                                  const paddle::Tensor& sin, paddle::Tensor& k_cache,
+                                                  paddle::Tensor& v_cache, const paddle::Tensor& mask, int heads,
+                                                  int kv_heads, int past, int isa) {
+  return {decode_attention(qkv, cos, sin, k_cache, v_cache, &mask, heads, kv_heads, past, isa)};
 }
 
 std::vector<std::vector<int64_t>> DecodeAttentionShape(const std::vector<int64_t>& qkv_shape,
@@ -704,6 +776,27 @@ std::vector<paddle::DataType> DecodeAttentionDtype(const paddle::DataType& qkv_d
   return {qkv_dtype};
 }
 
+std::vector<std::vector<int64_t>> MaskedDecodeAttentionShape(
+    const std::vector<int64_t>& qkv_shape, const std::vector<int64_t>& cos, const std::vector<int64_t>& sin,
+    const std::vector<int64_t>& k, const std::vector<int64_t>& v, const std::vector<int64_t>&, int heads, int kv_heads,
+    int past, int isa) {
+  return DecodeAttentionShape(qkv_shape, cos, sin, k, v, heads, kv_heads, past, isa);
+}
+std::vector<paddle::DataType> MaskedDecodeAttentionDtype(const paddle::DataType& qkv_dtype, const paddle::DataType&,
+                                                         const paddle::DataType&, const paddle::DataType&,
+                                                         const paddle::DataType&, const paddle::DataType&) {
+  return {qkv_dtype};
+}
+
+PD_BUILD_OP(paddlemix_masked_decode_attention)
+    .Inputs({"QKV", "Cos", "Sin", "KCache", "VCache", "Mask"})
+    .Outputs({"Out", "KCacheOut", "VCacheOut"})
+    .SetInplaceMap({{"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
+    .Attrs({"heads: int", "kv_heads: int", "past: int", "isa: int"})
+    .SetKernelFn(PD_KERNEL(MaskedDecodeAttention))
+    .SetInferShapeFn(PD_INFER_SHAPE(MaskedDecodeAttentionShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(MaskedDecodeAttentionDtype));
+
 PD_BUILD_OP(paddlemix_decode_attention)
     .Inputs({"QKV", "Cos", "Sin", "KCache", "VCache"})
     .Outputs({"Out", "KCacheOut", "VCacheOut"})
@@ -712,3 +805,74 @@ PD_BUILD_OP(paddlemix_decode_attention)
     .SetKernelFn(PD_KERNEL(DecodeAttention))
     .SetInferShapeFn(PD_INFER_SHAPE(DecodeAttentionShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DecodeAttentionDtype));
+
+// RMSNorm over the last axis of x [..., C] with a float32 weight [C]; with a residual, of x + residual,
+// which is returned too (the decoder layer's "add, then normalise" in one pass).
+std::vector<paddle::Tensor> rms_norm_rows(const paddle::Tensor& x, const paddle::Tensor* residual,
+                                          const paddle::Tensor& w, float eps, int isa) {
+  check_isa(isa);
+  auto out = float32_like(x, "rms_norm");
+  const int64_t n = x.shape().back(), rows = n ? x.numel() / n : 0;
+  PD_CHECK(w.dtype() == paddle::DataType::FLOAT32 && w.numel() == n, "the weight must be float32 [C]");
+  PD_CHECK(!residual || (residual->dtype() == paddle::DataType::FLOAT32 && residual->shape() == x.shape()),
+           "the residual must be float32 and shaped like x");
+  paddle::Tensor sum = residual ? float32_like(x, "rms_norm") : paddle::Tensor();
+  const float *xd = x.data<float>(), *rd = residual ? residual->data<float>() : nullptr, *wd = w.data<float>();
+  float *od = out.data<float>(), *sd = residual ? sum.data<float>() : nullptr;
+#pragma omp parallel for schedule(static) if (rows > 16)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* res = rd ? rd + r * n : nullptr;
+    float* row_sum = sd ? sd + r * n : nullptr;
+#ifdef PADDLEMIX_X86
+    if (isa == kAvx512) {
+      rms_norm_row_avx512(xd + r * n, res, wd, eps, od + r * n, row_sum, n);
+      continue;
+    }
+    if (isa == kAvx2) {
+      rms_norm_row_avx2(xd + r * n, res, wd, eps, od + r * n, row_sum, n);
+      continue;
+    }
+#endif
+    rms_norm_row_plain(xd + r * n, res, wd, eps, od + r * n, row_sum, n);
+  }
+  if (residual) return {out, sum};
+  return {out};
+}
+
+std::vector<paddle::Tensor> RmsNorm(const paddle::Tensor& x, const paddle::Tensor& w, float eps, int isa) {
+  return rms_norm_rows(x, nullptr, w, eps, isa);
+}
+std::vector<paddle::Tensor> AddRmsNorm(const paddle::Tensor& x, const paddle::Tensor& residual, const paddle::Tensor& w,
+                                       float eps, int isa) {
+  return rms_norm_rows(x, &residual, w, eps, isa);
+}
+std::vector<std::vector<int64_t>> RmsNormShape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>&) {
+  return {x_shape};
+}
+std::vector<std::vector<int64_t>> AddRmsNormShape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>&,
+                                                  const std::vector<int64_t>&) {
+  return {x_shape, x_shape};
+}
+std::vector<paddle::DataType> RmsNormDtype(const paddle::DataType& x_dtype, const paddle::DataType&) {
+  return {x_dtype};
+}
+std::vector<paddle::DataType> AddRmsNormDtype(const paddle::DataType& x_dtype, const paddle::DataType&,
+                                              const paddle::DataType&) {
+  return {x_dtype, x_dtype};
+}
+
+PD_BUILD_OP(paddlemix_rms_norm)
+    .Inputs({"X", "W"})
+    .Outputs({"Out"})
+    .Attrs({"eps: float", "isa: int"})
+    .SetKernelFn(PD_KERNEL(RmsNorm))
+    .SetInferShapeFn(PD_INFER_SHAPE(RmsNormShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(RmsNormDtype));
+
+PD_BUILD_OP(paddlemix_add_rms_norm)
+    .Inputs({"X", "Residual", "W"})
+    .Outputs({"Out", "Sum"})
+    .Attrs({"eps: float", "isa: int"})
+    .SetKernelFn(PD_KERNEL(AddRmsNorm))
+    .SetInferShapeFn(PD_INFER_SHAPE(AddRmsNormShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(AddRmsNormDtype));
