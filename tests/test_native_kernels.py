@@ -16,7 +16,7 @@ import pytest
 from paddlemix.models.internvl2 import kernels, native
 
 ROWS = (1, 7, 16, 17, 1025)
-SHAPES = ((64, 33), (901, 151), (128, 16))  # (K, N): odd sizes, tails shorter than any vector
+SHAPES = ((64, 33), (901, 151), (128, 16), (2053, 19))  # (K, N): odd sizes, tails, K over 2 input blocks
 BODIES = [name for name, _, _ in kernels.NATIVE_BODIES]
 CODES = {name: code for name, code, _ in kernels.NATIVE_BODIES}
 
@@ -54,9 +54,12 @@ def test_bf16_product_equals_the_widened_weights_product(ops, body, rows, k, n):
     x = rng.standard_normal((rows, k)).astype(np.float32)
     weight, weight64 = _bf16(rng.standard_normal((n, k)))
     code = CODES[body]
-    got = ops.paddlemix_bf16_linear(paddle.to_tensor(x), weight, code)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = ops.paddlemix_bf16_linear(paddle.to_tensor(x), weight, paddle.zeros([0]), code)
     assert got.dtype == paddle.float32 and got.shape == [rows, n]
     _close(got.numpy(), x.astype(np.float64) @ weight64.T)
+    got = ops.paddlemix_bf16_linear(paddle.to_tensor(x), weight, paddle.to_tensor(bias), code)
+    _close(got.numpy(), x.astype(np.float64) @ weight64.T + bias)
 
 
 @pytest.mark.parametrize("body", BODIES)
@@ -69,8 +72,10 @@ def test_int8_product_scales_each_output(ops, body, rows, k, n):
     values = rng.randint(-127, 128, (n, k)).astype(np.int8)
     scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
     code = CODES[body]
-    got = ops.paddlemix_int8_linear(paddle.to_tensor(x), paddle.to_tensor(values), paddle.to_tensor(scale), code)
-    _close(got.numpy(), (x.astype(np.float64) @ values.T.astype(np.float64)) * scale)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = ops.paddlemix_int8_linear(paddle.to_tensor(x), paddle.to_tensor(values), paddle.to_tensor(scale),
+                                    paddle.to_tensor(bias), code)
+    _close(got.numpy(), (x.astype(np.float64) @ values.T.astype(np.float64)) * scale + bias)
 
 
 def test_lowp_linear_takes_the_kernel_for_few_rows_and_the_plain_ops_otherwise(ops, monkeypatch):
@@ -78,7 +83,7 @@ def test_lowp_linear_takes_the_kernel_for_few_rows_and_the_plain_ops_otherwise(o
     weight, weight64 = _bf16(rng.standard_normal((40, 24)))
     calls = []
     original = ops.paddlemix_bf16_linear
-    monkeypatch.setattr(ops, "paddlemix_bf16_linear", lambda *args: calls.append(args[2]) or original(*args))
+    monkeypatch.setattr(ops, "paddlemix_bf16_linear", lambda *args: calls.append(args[-1]) or original(*args))
     for shape in ((1, 1, 24), (2, 8, 24), (3, 17, 24)):  # 1, 16 and 51 rows
         x = rng.standard_normal(shape).astype(np.float32)
         out = kernels.lowp_linear(paddle.to_tensor(x), weight)
@@ -266,3 +271,18 @@ def test_rms_norm_and_its_residual_form_equal_the_plain_ops(ops, body, shape, mo
         assert got.shape == list(shape)
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(results["native"][2].numpy(), (x + residual).numpy())
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("shape", [(1, 2), (7, 34), (2, 3, 9728), (1, 1, 130)])
+def test_swiglu_equals_paddles(ops, body, shape, monkeypatch):
+    _body_or_skip(body)
+    calls, original = [], ops.paddlemix_swiglu
+    monkeypatch.setattr(ops, "paddlemix_swiglu", lambda *args: calls.append(args[-1]) or original(*args))
+    rng = np.random.RandomState(sum(shape))
+    gate_up = paddle.to_tensor((rng.standard_normal(shape) * 4).astype(np.float32))
+    with kernels.native_body(body):
+        got = kernels.swiglu(gate_up)
+    assert calls == [CODES[body]] and got.shape == [*shape[:-1], shape[-1] // 2]
+    gate, up = gate_up.chunk(2, axis=-1)
+    np.testing.assert_allclose(got.numpy(), (paddle.nn.functional.silu(gate) * up).numpy(), rtol=1e-5, atol=1e-6)

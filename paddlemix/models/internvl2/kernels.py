@@ -125,6 +125,9 @@ class Linear(nn.Linear):
 
 def swiglu(gate_up):
     """silu(gate) * up for [gate | up] packed on the last axis; one kernel on CPU and GPU (2x faster on CPU)."""
+    module = _native_for(gate_up)
+    if module is not None:
+        return module.paddlemix_swiglu(gate_up.contiguous(), native_isa()[1])
     if _on("swiglu") and _cpu_or_gpu(gate_up):
         return F.swiglu(gate_up)
     gate, up = gate_up.chunk(2, axis=-1)
@@ -307,9 +310,10 @@ def lowp_linear(x, weight, scale=None, bias=None):
     """x [..., K] float32 times a bfloat16 or int8 weight [N, K] (the checkpoint's [out, in] layout), plus `bias`.
 
     For int8, `scale` [N] multiplies each output. On CPU the C++ kernels run: up to LOWP_MAX_ROWS rows
-    a product that streams the weight once; more rows of a bf16 weight, MKL's sgemm over weight rows
-    widened per thread into a reused buffer. Otherwise, and without the kernels, the weight is widened
-    and multiplied by the plain ops (the same numbers up to summation order).
+    a product that streams the weight once and adds the bias itself; more rows of a bf16 weight,
+    MKL's sgemm over weight rows widened per thread into a reused buffer. Otherwise, and without the
+    kernels, the weight is widened and multiplied by the plain ops (the same numbers up to summation
+    order).
     """
     rows = math.prod(x.shape[:-1])
     if x.dtype != paddle.float32:
@@ -322,9 +326,19 @@ def lowp_linear(x, weight, scale=None, bias=None):
                 return module.paddlemix_bf16_gemm(x, weight, code)
             return module.paddlemix_bf16_gemm_bias(x, weight, bias, code)
         if rows <= LOWP_MAX_ROWS:
-            out = (module.paddlemix_bf16_linear(x, weight, code) if scale is None
-                   else module.paddlemix_int8_linear(x, weight, scale, code))
-            return out if bias is None else out + bias
+            bias = _no_bias() if bias is None else bias
+            return (module.paddlemix_bf16_linear(x, weight, bias, code) if scale is None
+                    else module.paddlemix_int8_linear(x, weight, scale, bias, code))
     out = paddle.matmul(x, weight.astype("float32"), transpose_y=True)
     out = out if scale is None else out * scale
     return out if bias is None else out + bias
+
+
+_empty = {}
+
+
+def _no_bias():
+    """The C++ products' "no bias": an empty float32 CPU tensor, made on first use (not at import)."""
+    if "bias" not in _empty:
+        _empty["bias"] = paddle.zeros([0], dtype="float32").cpu()
+    return _empty["bias"]

@@ -42,16 +42,22 @@ inline float widen(uint16_t bits) {
 inline float widen(int8_t value) { return static_cast<float>(value); }
 
 // out[r, n] for rows [0, rows) and outputs [n_begin, n_end), one scalar at a time.
+// The finished output: the dot product, times the int8 scale, plus the bias (either may be absent).
+inline float finish(float sum, const float* scale, const float* bias, int64_t n) {
+  if (scale) sum *= scale[n];
+  return bias ? sum + bias[n] : sum;
+}
+
 template <typename W>
-void plain_block(const float* x, int64_t rows, int64_t k_dim, const W* w, const float* scale, float* out,
-                 int64_t n_dim, int64_t n_begin, int64_t n_end) {
+void plain_block(const float* x, int64_t rows, int64_t k_dim, const W* w, const float* scale, const float* bias,
+                 float* out, int64_t n_dim, int64_t n_begin, int64_t n_end) {
   for (int64_t n = n_begin; n < n_end; ++n) {
     const W* w_row = w + n * k_dim;
     for (int64_t r = 0; r < rows; ++r) {
       const float* x_row = x + r * k_dim;
       float sum = 0.f;
       for (int64_t k = 0; k < k_dim; ++k) sum += widen(w_row[k]) * x_row[k];
-      out[r * n_dim + n] = scale ? sum * scale[n] : sum;
+      out[r * n_dim + n] = finish(sum, scale, bias, n);
     }
   }
 }
@@ -69,8 +75,8 @@ __attribute__((target("avx512f"))) inline __m512 load16(const int8_t* p) {
 // The weight row `ahead` elements on is fetched into the caches meanwhile: the hardware prefetcher
 // alone kept a matrix-vector product at ~55% of the memory bandwidth (9 of 21 GB/s on two threads).
 template <int ROWS, typename W>
-__attribute__((target("avx512f"))) void avx512_rows(const float* x, int64_t k_dim, const W* w_row, int64_t ahead,
-                                                    float* sums) {
+__attribute__((target("avx512f"))) void avx512_rows(const float* x, int64_t ld, int64_t k_dim, const W* w_row,
+                                                    int64_t ahead, float* sums) {
   __m512 acc0[ROWS], acc1[ROWS];
   for (int r = 0; r < ROWS; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
   int64_t k = 0;
@@ -78,17 +84,17 @@ __attribute__((target("avx512f"))) void avx512_rows(const float* x, int64_t k_di
     _mm_prefetch(reinterpret_cast<const char*>(w_row + k + ahead), _MM_HINT_T0);
     const __m512 w0 = load16(w_row + k), w1 = load16(w_row + k + 16);
     for (int r = 0; r < ROWS; ++r) {
-      acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * k_dim + k), acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + r * k_dim + k + 16), acc1[r]);
+      acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * ld + k), acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + r * ld + k + 16), acc1[r]);
     }
   }
   for (; k + 16 <= k_dim; k += 16) {
     const __m512 w0 = load16(w_row + k);
-    for (int r = 0; r < ROWS; ++r) acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * k_dim + k), acc0[r]);
+    for (int r = 0; r < ROWS; ++r) acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * ld + k), acc0[r]);
   }
   for (int r = 0; r < ROWS; ++r) {
     float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
-    for (int64_t t = k; t < k_dim; ++t) sum += widen(w_row[t]) * x[r * k_dim + t];
+    for (int64_t t = k; t < k_dim; ++t) sum += widen(w_row[t]) * x[r * ld + t];
     sums[r] = sum;
   }
 }
@@ -109,8 +115,8 @@ __attribute__((target("avx2,fma"))) inline float reduce8(__m256 v) {
 }
 
 template <int ROWS, typename W>
-__attribute__((target("avx2,fma"))) void avx2_rows(const float* x, int64_t k_dim, const W* w_row, int64_t ahead,
-                                                  float* sums) {
+__attribute__((target("avx2,fma"))) void avx2_rows(const float* x, int64_t ld, int64_t k_dim, const W* w_row,
+                                                  int64_t ahead, float* sums) {
   __m256 acc0[ROWS], acc1[ROWS];
   for (int r = 0; r < ROWS; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
   int64_t k = 0;
@@ -118,23 +124,23 @@ __attribute__((target("avx2,fma"))) void avx2_rows(const float* x, int64_t k_dim
     _mm_prefetch(reinterpret_cast<const char*>(w_row + k + ahead), _MM_HINT_T0);
     const __m256 w0 = load8(w_row + k), w1 = load8(w_row + k + 8);
     for (int r = 0; r < ROWS; ++r) {
-      acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + r * k_dim + k), acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + r * k_dim + k + 8), acc1[r]);
+      acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + r * ld + k), acc0[r]);
+      acc1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + r * ld + k + 8), acc1[r]);
     }
   }
   for (; k + 8 <= k_dim; k += 8) {
     const __m256 w0 = load8(w_row + k);
-    for (int r = 0; r < ROWS; ++r) acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + r * k_dim + k), acc0[r]);
+    for (int r = 0; r < ROWS; ++r) acc0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + r * ld + k), acc0[r]);
   }
   for (int r = 0; r < ROWS; ++r) {
     float sum = reduce8(_mm256_add_ps(acc0[r], acc1[r]));
-    for (int64_t t = k; t < k_dim; ++t) sum += widen(w_row[t]) * x[r * k_dim + t];
+    for (int64_t t = k; t < k_dim; ++t) sum += widen(w_row[t]) * x[r * ld + t];
     sums[r] = sum;
   }
 }
 
 template <typename W>
-using RowsFn = void (*)(const float*, int64_t, const W*, int64_t, float*);
+using RowsFn = void (*)(const float*, int64_t, int64_t, const W*, int64_t, float*);
 constexpr int64_t kPrefetchRows = 4;  // weight rows ahead
 
 // One row of x (decoding, batch 1) against kVecRows weight rows at a time, the next kVecRows rows
@@ -187,24 +193,41 @@ template <typename W>
 using VecFn = void (*)(const float*, int64_t, const W*, float*);
 
 // The rows of x in blocks of `block` (the last one smaller), `bodies[count]` computing `count` rows;
-// each weight row is read from memory once and stays in L1 for the following blocks.
+// each weight row is read from memory once and stays in L1 for the following blocks. The inputs go
+// kKBlock columns at a time, so that a block of rows stays in L1 too (8 rows of the 4864-wide
+// down_proj input do not: the product fell to 8 GB/s, bound by L2).
+constexpr int64_t kKBlock = 1024;
 template <typename W>
 void simd_block(const RowsFn<W>* bodies, VecFn<W> vec, int block, const float* x, int64_t rows, int64_t k_dim,
-                const W* w, const float* scale, float* out, int64_t n_dim, int64_t n_begin, int64_t n_end) {
+                const W* w, const float* scale, const float* bias, float* out, int64_t n_dim, int64_t n_begin,
+                int64_t n_end) {
   float sums[8];
-  int64_t n = n_begin;
   if (rows == 1) {
+    int64_t n = n_begin;
     for (; n + kVecRows <= n_end; n += kVecRows) {
       vec(x, k_dim, w + n * k_dim, sums);
-      for (int i = 0; i < kVecRows; ++i) out[n + i] = scale ? sums[i] * scale[n + i] : sums[i];
+      for (int i = 0; i < kVecRows; ++i) out[n + i] = finish(sums[i], scale, bias, n + i);
     }
+    for (; n < n_end; ++n) {
+      bodies[1](x, k_dim, k_dim, w + n * k_dim, kPrefetchRows * k_dim, sums);
+      out[n] = finish(sums[0], scale, bias, n);
+    }
+    return;
   }
-  for (; n < n_end; ++n) {
-    const W* w_row = w + n * k_dim;
-    for (int64_t r0 = 0; r0 < rows; r0 += block) {
-      const int count = static_cast<int>(rows - r0 < block ? rows - r0 : block);
-      bodies[count](x + r0 * k_dim, k_dim, w_row, kPrefetchRows * k_dim, sums);
-      for (int r = 0; r < count; ++r) out[(r0 + r) * n_dim + n] = scale ? sums[r] * scale[n] : sums[r];
+  for (int64_t k0 = 0; k0 < k_dim; k0 += kKBlock) {
+    const int64_t k_len = k_dim - k0 < kKBlock ? k_dim - k0 : kKBlock;
+    const bool first = k0 == 0, last = k0 + k_len == k_dim;
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const W* w_row = w + n * k_dim + k0;
+      for (int64_t r0 = 0; r0 < rows; r0 += block) {
+        const int count = static_cast<int>(rows - r0 < block ? rows - r0 : block);
+        bodies[count](x + r0 * k_dim + k0, k_dim, k_len, w_row, kPrefetchRows * k_dim, sums);
+        for (int r = 0; r < count; ++r) {
+          float& target = out[(r0 + r) * n_dim + n];
+          const float sum = first ? sums[r] : target + sums[r];
+          target = last ? finish(sum, scale, bias, n) : sum;
+        }
+      }
     }
   }
 }
@@ -218,8 +241,8 @@ const RowsFn<W> kAvx2Bodies[5] = {nullptr, avx2_rows<1, W>, avx2_rows<2, W>, avx
 #endif  // PADDLEMIX_X86
 
 template <typename W>
-void product(const float* x, int64_t rows, int64_t k_dim, const W* w, const float* scale, float* out, int64_t n_dim,
-             int isa) {
+void product(const float* x, int64_t rows, int64_t k_dim, const W* w, const float* scale, const float* bias,
+             float* out, int64_t n_dim, int isa) {
   constexpr int64_t kChunk = 16;  // output features per scheduling unit
   const int64_t chunks = (n_dim + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static)
@@ -227,15 +250,16 @@ void product(const float* x, int64_t rows, int64_t k_dim, const W* w, const floa
     const int64_t n_begin = c * kChunk, n_end = n_begin + kChunk < n_dim ? n_begin + kChunk : n_dim;
 #ifdef PADDLEMIX_X86
     if (isa == kAvx512) {
-      simd_block<W>(kAvx512Bodies<W>, avx512_vec<W>, 8, x, rows, k_dim, w, scale, out, n_dim, n_begin, n_end);
+      simd_block<W>(kAvx512Bodies<W>, avx512_vec<W>, 8, x, rows, k_dim, w, scale, bias, out, n_dim, n_begin,
+                    n_end);
       continue;
     }
     if (isa == kAvx2) {
-      simd_block<W>(kAvx2Bodies<W>, avx2_vec<W>, 4, x, rows, k_dim, w, scale, out, n_dim, n_begin, n_end);
+      simd_block<W>(kAvx2Bodies<W>, avx2_vec<W>, 4, x, rows, k_dim, w, scale, bias, out, n_dim, n_begin, n_end);
       continue;
     }
 #endif
-    plain_block(x, rows, k_dim, w, scale, out, n_dim, n_begin, n_end);
+    plain_block(x, rows, k_dim, w, scale, bias, out, n_dim, n_begin, n_end);
   }
 }
 
@@ -253,20 +277,25 @@ std::vector<int64_t> out_shape(const std::vector<int64_t>& x_shape, const std::v
   return shape;
 }
 
-paddle::Tensor run(const paddle::Tensor& x, const paddle::Tensor& w, const float* scale, int kind, int isa) {
+// `bias` [N] is added to the outputs; an empty one means no bias.
+paddle::Tensor run(const paddle::Tensor& x, const paddle::Tensor& w, const float* scale, const paddle::Tensor& bias,
+                   int kind, int isa) {
   check_isa(isa);
   PD_CHECK(x.is_cpu() && w.is_cpu(), "lowp_linear runs on CPU tensors");
   PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "x must be float32");
   PD_CHECK(w.shape().size() == 2 && x.shape().back() == w.shape()[1], "x [..., K] needs a weight [N, K]");
   const int64_t k_dim = w.shape()[1], n_dim = w.shape()[0], rows = k_dim ? x.numel() / k_dim : 0;
+  PD_CHECK(bias.numel() == 0 || (bias.dtype() == paddle::DataType::FLOAT32 && bias.numel() == n_dim),
+           "the bias must be float32 [N], or empty for none");
+  const float* bias_data = bias.numel() ? bias.data<float>() : nullptr;
   auto out = paddle::empty(out_shape(x.shape(), w.shape()), paddle::DataType::FLOAT32, paddle::CPUPlace());
   if (kind == kBf16) {
     PD_CHECK(w.dtype() == paddle::DataType::BFLOAT16, "the weight must be bfloat16");
     product(x.data<float>(), rows, k_dim, reinterpret_cast<const uint16_t*>(w.data<paddle::bfloat16>()), scale,
-            out.data<float>(), n_dim, isa);
+            bias_data, out.data<float>(), n_dim, isa);
   } else {
     PD_CHECK(w.dtype() == paddle::DataType::INT8, "the weight must be int8");
-    product(x.data<float>(), rows, k_dim, w.data<int8_t>(), scale, out.data<float>(), n_dim, isa);
+    product(x.data<float>(), rows, k_dim, w.data<int8_t>(), scale, bias_data, out.data<float>(), n_dim, isa);
   }
   return out;
 }
@@ -435,6 +464,29 @@ __attribute__((target("avx2,fma"))) void rms_norm_row_avx2(const float* x, const
     _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(s + i), vinv), _mm256_loadu_ps(w + i)));
   for (; i < n; ++i) out[i] = s[i] * inv * w[i];
 }
+
+// silu(gate) * up = gate / (1 + exp(-gate)) * up, for one row of [gate | up].
+__attribute__((target("avx512f"))) void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
+  int64_t i = 0;
+  const __m512 one = _mm512_set1_ps(1.f);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g = _mm512_loadu_ps(gate + i);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.f + exp_plain(-gate[i])) * up[i];
+}
+
+__attribute__((target("avx2,fma"))) void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n) {
+  int64_t i = 0;
+  const __m256 one = _mm256_set1_ps(1.f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.f + exp_plain(-gate[i])) * up[i];
+}
 #endif  // PADDLEMIX_X86
 
 void softmax_row_plain(const float* x, float* out, int64_t n, float scale) {
@@ -473,49 +525,59 @@ paddle::Tensor float32_like(const paddle::Tensor& x, const char* what) {
 
 }  // namespace
 
-std::vector<paddle::Tensor> Bf16Linear(const paddle::Tensor& x, const paddle::Tensor& w, int isa) {
-  return {run(x, w, nullptr, kBf16, isa)};
+std::vector<paddle::Tensor> Bf16Linear(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& bias,
+                                       int isa) {
+  return {run(x, w, nullptr, bias, kBf16, isa)};
 }
 
 std::vector<paddle::Tensor> Int8Linear(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& scale,
-                                       int isa) {
+                                       const paddle::Tensor& bias, int isa) {
   PD_CHECK(scale.dtype() == paddle::DataType::FLOAT32 && scale.numel() == w.shape()[0],
            "scale must be float32 with one value per output feature");
-  return {run(x, w, scale.data<float>(), kInt8, isa)};
+  return {run(x, w, scale.data<float>(), bias, kInt8, isa)};
 }
 
-std::vector<std::vector<int64_t>> LinearShape(const std::vector<int64_t>& x_shape,
+std::vector<std::vector<int64_t>> LinearShape2(const std::vector<int64_t>& x_shape,
                                               const std::vector<int64_t>& w_shape) {
   return {out_shape(x_shape, w_shape)};
 }
-std::vector<std::vector<int64_t>> ScaledLinearShape(const std::vector<int64_t>& x_shape,
+std::vector<std::vector<int64_t>> LinearShape3(const std::vector<int64_t>& x_shape,
                                                     const std::vector<int64_t>& w_shape,
                                                     const std::vector<int64_t>&) {
   return {out_shape(x_shape, w_shape)};
 }
-std::vector<paddle::DataType> Float32Out(const paddle::DataType&, const paddle::DataType&) {
+std::vector<paddle::DataType> Float32Out2(const paddle::DataType&, const paddle::DataType&) {
   return {paddle::DataType::FLOAT32};
 }
-std::vector<paddle::DataType> ScaledFloat32Out(const paddle::DataType&, const paddle::DataType&,
+std::vector<paddle::DataType> Float32Out3(const paddle::DataType&, const paddle::DataType&,
                                                const paddle::DataType&) {
+  return {paddle::DataType::FLOAT32};
+}
+std::vector<std::vector<int64_t>> LinearShape4(const std::vector<int64_t>& x_shape,
+                                                        const std::vector<int64_t>& w_shape,
+                                                        const std::vector<int64_t>&, const std::vector<int64_t>&) {
+  return {out_shape(x_shape, w_shape)};
+}
+std::vector<paddle::DataType> Float32Out4(const paddle::DataType&, const paddle::DataType&,
+                                                   const paddle::DataType&, const paddle::DataType&) {
   return {paddle::DataType::FLOAT32};
 }
 
 PD_BUILD_OP(paddlemix_bf16_linear)
-    .Inputs({"X", "W"})
+    .Inputs({"X", "W", "Bias"})
     .Outputs({"Out"})
     .Attrs({"isa: int"})
     .SetKernelFn(PD_KERNEL(Bf16Linear))
-    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out));
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape3))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out3));
 
 PD_BUILD_OP(paddlemix_int8_linear)
-    .Inputs({"X", "W", "Scale"})
+    .Inputs({"X", "W", "Scale", "Bias"})
     .Outputs({"Out"})
     .Attrs({"isa: int"})
     .SetKernelFn(PD_KERNEL(Int8Linear))
-    .SetInferShapeFn(PD_INFER_SHAPE(ScaledLinearShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(ScaledFloat32Out));
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape4))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out4));
 
 std::vector<paddle::Tensor> ScaledSoftmax(const paddle::Tensor& x, float scale, int isa) {
   check_isa(isa);
@@ -553,6 +615,42 @@ std::vector<paddle::Tensor> Gelu(const paddle::Tensor& x, int isa) {
   return {out};
 }
 
+// SwiGLU of x [..., 2I] = [gate | up] -> [..., I] (Paddle's CPU swiglu took 0.5 ms for 8 rows of 4864).
+std::vector<paddle::Tensor> Swiglu(const paddle::Tensor& x, int isa) {
+  check_isa(isa);
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "swiglu takes a float32 CPU tensor");
+  PD_CHECK(x.shape().back() % 2 == 0, "swiglu needs [gate | up] of even width");
+  std::vector<int64_t> shape = x.shape();
+  const int64_t n = shape.back() / 2, rows = n ? x.numel() / (2 * n) : 0;
+  shape.back() = n;
+  auto out = paddle::empty(shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* in = x.data<float>();
+  float* dst = out.data<float>();
+#pragma omp parallel for schedule(static) if (rows * n > (1 << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *gate = in + r * 2 * n, *up = gate + n;
+    float* o = dst + r * n;
+#ifdef PADDLEMIX_X86
+    if (isa == kAvx512) {
+      swiglu_avx512(gate, up, o, n);
+      continue;
+    }
+    if (isa == kAvx2) {
+      swiglu_avx2(gate, up, o, n);
+      continue;
+    }
+#endif
+    for (int64_t i = 0; i < n; ++i) o[i] = gate[i] / (1.f + exp_plain(-gate[i])) * up[i];
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> HalfWidthShape(const std::vector<int64_t>& x_shape) {
+  std::vector<int64_t> shape = x_shape;
+  shape.back() /= 2;
+  return {shape};
+}
+
 std::vector<std::vector<int64_t>> SameShape(const std::vector<int64_t>& x_shape) { return {x_shape}; }
 std::vector<paddle::DataType> SameDtype(const paddle::DataType& x_dtype) { return {x_dtype}; }
 
@@ -570,6 +668,14 @@ PD_BUILD_OP(paddlemix_gelu)
     .Attrs({"isa: int"})
     .SetKernelFn(PD_KERNEL(Gelu))
     .SetInferShapeFn(PD_INFER_SHAPE(SameShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
+
+PD_BUILD_OP(paddlemix_swiglu)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"isa: int"})
+    .SetKernelFn(PD_KERNEL(Swiglu))
+    .SetInferShapeFn(PD_INFER_SHAPE(HalfWidthShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
 
 #ifdef PADDLEMIX_MKL
@@ -672,16 +778,16 @@ PD_BUILD_OP(paddlemix_bf16_gemm)
     .Outputs({"Out"})
     .Attrs({"isa: int"})
     .SetKernelFn(PD_KERNEL(Bf16Gemm))
-    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out));
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape2))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out2));
 
 PD_BUILD_OP(paddlemix_bf16_gemm_bias)
     .Inputs({"X", "W", "B"})
     .Outputs({"Out"})
     .Attrs({"isa: int"})
     .SetKernelFn(PD_KERNEL(Bf16GemmBias))
-    .SetInferShapeFn(PD_INFER_SHAPE(ScaledLinearShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(ScaledFloat32Out));
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape3))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out3));
 #endif  // PADDLEMIX_MKL
 
 // One decoding step of rotary grouped-query attention over the KV cache, in place of ~30 eager ops:
