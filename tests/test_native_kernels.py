@@ -214,40 +214,48 @@ def test_attention_equals_the_plain_ops(ops, body, shape):
 
 
 @pytest.mark.parametrize("body", BODIES)
-@pytest.mark.parametrize("batch,heads,kv_heads,dim,past", [(1, 14, 2, 64, 0), (2, 4, 4, 128, 16), (3, 6, 2, 64, 1024)])
+@pytest.mark.parametrize("batch,heads,kv_heads,dim,past,steps", [
+    (1, 14, 2, 64, 0, 1), (2, 4, 4, 128, 16, 1), (3, 6, 2, 64, 1024, 1),  # decoding
+    (1, 14, 2, 64, 0, 130), (2, 4, 4, 128, 5, 7), (2, 6, 2, 64, 3, 65)])  # prefill, and chunks after cached keys
 @pytest.mark.parametrize("masked", [False, True])
-def test_decode_attention_equals_the_plain_ops_and_writes_only_its_cache_position(ops, body, batch, heads, kv_heads,
-                                                                                  dim, past, masked, monkeypatch):
+def test_cached_attention_equals_the_plain_ops_and_writes_only_its_cache_positions(
+        ops, body, batch, heads, kv_heads, dim, past, steps, masked, monkeypatch):
     _body_or_skip(body)
-    name = "paddlemix_masked_decode_attention" if masked else "paddlemix_decode_attention"
+    name = ("paddlemix_prefill_attention" if steps > 1 else
+            "paddlemix_masked_decode_attention" if masked else "paddlemix_decode_attention")
+    if not hasattr(ops, name):
+        pytest.skip("this Paddle wheel ships no MKL BLAS, which the prefill attention uses")
     calls, original = [], getattr(ops, name)
     monkeypatch.setattr(ops, name, lambda *args: calls.append(args[-1]) or original(*args))
+    rng = np.random.RandomState(past + dim + steps)
+    total = past + steps
     mask = None
-    if masked:  # row b left-padded by b positions; the last row also sees only a window of 3 keys
-        allowed = np.ones((batch, 1, 1, past + 1), dtype=bool)
+    if masked:  # causal; row b left-padded by b positions; the last row also sees only a window of 3 keys
+        allowed = np.tril(np.ones((steps, total), dtype=bool), k=past)[None, None].repeat(batch, axis=0)
         for b in range(batch):
-            allowed[b, ..., :min(b, past)] = False
-        allowed[-1, ..., :max(0, past - 2)] = False
+            allowed[b, ..., :min(b, total - 1)] = False
+        window = np.arange(total)[None, :] > (np.arange(steps) + past)[:, None] - 3
+        allowed[-1, 0] &= window
         mask = paddle.to_tensor(allowed)
-    rng = np.random.RandomState(past + dim)
-    qkv = paddle.to_tensor(rng.standard_normal((batch, 1, (heads + 2 * kv_heads) * dim)).astype(np.float32))
-    angles = rng.uniform(0, 6.3, (batch, 1, dim // 2)).astype(np.float32)
+    qkv = paddle.to_tensor(rng.standard_normal((batch, steps, (heads + 2 * kv_heads) * dim)).astype(np.float32))
+    angles = rng.uniform(0, 6.3, (batch, steps, dim // 2)).astype(np.float32)
     angles = np.concatenate([angles, angles], axis=-1)
     cos, sin = paddle.to_tensor(np.cos(angles)), paddle.to_tensor(np.sin(angles))
-    caches = [rng.standard_normal((batch, kv_heads, past + 3, dim)).astype(np.float32) for _ in range(2)]
+    caches = [rng.standard_normal((batch, kv_heads, total + 3, dim)).astype(np.float32) for _ in range(2)]
+    written = list(range(past, total))
     outs = {}
-    for name in ("native", "plain"):
+    for kind in ("native", "plain"):
         keys, values = (paddle.to_tensor(c) for c in caches)
-        with kernels.native_body(body), kernels.only_fast_paths(*(["native"] if name == "native" else [])):
-            out = kernels.decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask)
-        outs[name] = out.numpy(), keys.numpy(), values.numpy()
-        assert out.shape == [batch, 1, heads * dim]
+        with kernels.native_body(body), kernels.only_fast_paths(*(["native"] if kind == "native" else [])):
+            out = kernels.cached_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask)
+        outs[kind] = out.numpy(), keys.numpy(), values.numpy()
+        assert out.shape == [batch, steps, heads * dim]
         for before, after in zip(caches, (keys.numpy(), values.numpy())):
-            np.testing.assert_array_equal(np.delete(after, past, axis=2), np.delete(before, past, axis=2))
+            np.testing.assert_array_equal(np.delete(after, written, axis=2), np.delete(before, written, axis=2))
     assert calls == [CODES[body]]
     for got, want in zip(outs["native"], outs["plain"]):
         _close(got, want)
-    np.testing.assert_array_equal(outs["native"][2][:, :, past], outs["plain"][2][:, :, past])  # v is copied as is
+    np.testing.assert_array_equal(outs["native"][2][:, :, past:total], outs["plain"][2][:, :, past:total])
 
 
 @pytest.mark.parametrize("body", BODIES)

@@ -213,29 +213,43 @@ def grouped_attention(query, key, value, mask=None):
     return paddle.matmul(probs, value).reshape([batch, heads, q_len, dim])
 
 
-def decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask=None):
-    """One decoding step of rotary grouped-query attention, writing the new key and value into the cache.
+def cached_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask=None):
+    """Rotary grouped-query attention for T new tokens after `past` cached ones, storing their keys and values.
 
-    qkv [B, 1, (heads + 2 kv_heads) D] is the fused projection; cos/sin [B, 1, D]; keys/values
-    [B, kv_heads, L, D] hold `past` positions and get position `past` in place. `mask` bool
-    [B, 1, 1, past + 1] (padding, a window), or None when the query sees every key. Returns
-    [B, 1, heads D]. On CPU one C++ call does what ~30 eager ops do.
+    qkv [B, T, (heads + 2 kv_heads) D] is the fused projection; cos/sin [B, T, D]; keys/values
+    [B, kv_heads, L, D] hold `past` positions and get positions past..past+T-1 in place. `mask`
+    bool [B, 1, T, past + T] (padding, a window), or None for plain causal attention. Returns
+    [B, T, heads D]. On CPU one C++ call does what ~30 eager ops do: the decoding step (T = 1) and,
+    with MKL, the prefill.
     """
     module = _native_for(qkv)
-    if module is not None and hasattr(module, "paddlemix_masked_decode_attention") and keys.dtype == paddle.float32:
+    batch, steps, dim = qkv.shape[0], qkv.shape[1], keys.shape[-1]
+    if module is not None and keys.dtype == paddle.float32 and hasattr(module, "paddlemix_masked_decode_attention"):
         args = (qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values)
-        if mask is None:
-            return module.paddlemix_decode_attention(*args, heads, kv_heads, past, native_isa()[1])[0]
-        return module.paddlemix_masked_decode_attention(*args, mask.contiguous(), heads, kv_heads, past,
-                                                        native_isa()[1])[0]
-    batch, dim = qkv.shape[0], keys.shape[-1]
-    qkv = qkv.reshape([batch, 1, heads + 2 * kv_heads, dim])
+        code = native_isa()[1]
+        if mask is not None:  # a window without padding comes as one [1, 1, T, S] mask for every row
+            mask = mask.expand([batch, 1, steps, past + steps]).contiguous()
+        if steps == 1 and mask is None:
+            return module.paddlemix_decode_attention(*args, heads, kv_heads, past, code)[0]
+        if steps == 1:
+            return module.paddlemix_masked_decode_attention(*args, mask, heads, kv_heads, past, code)[0]
+        if hasattr(module, "paddlemix_prefill_attention"):
+            mask = _empty_bool() if mask is None else mask
+            return module.paddlemix_prefill_attention(*args, mask, heads, kv_heads, past, code)[0]
+    qkv = qkv.reshape([batch, steps, heads + 2 * kv_heads, dim])
     qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
     q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
-    keys[:, :, past:past + 1] = k.transpose([0, 2, 1, 3])
-    values[:, :, past:past + 1] = v.transpose([0, 2, 1, 3])
-    out = grouped_attention(q.transpose([0, 2, 1, 3]), keys[:, :, :past + 1], values[:, :, :past + 1], mask)
-    return out.transpose([0, 2, 1, 3]).reshape([batch, 1, heads * dim])
+    keys[:, :, past:past + steps] = k.transpose([0, 2, 1, 3])
+    values[:, :, past:past + steps] = v.transpose([0, 2, 1, 3])
+    if mask is None and past == 0:
+        out = causal_attention(q, k, v)
+    else:
+        if mask is None:  # causal over the cached keys too: query t sits at position past + t
+            mask = paddle.arange(past + steps).unsqueeze(0) <= (paddle.arange(steps) + past).unsqueeze(1)
+            mask = mask.unsqueeze(0).unsqueeze(0)
+        out = grouped_attention(q.transpose([0, 2, 1, 3]), keys[:, :, :past + steps], values[:, :, :past + steps],
+                                mask).transpose([0, 2, 1, 3])
+    return out.reshape([batch, steps, heads * dim])
 
 
 def full_attention(query, key, value):
@@ -342,3 +356,10 @@ def _no_bias():
     if "bias" not in _empty:
         _empty["bias"] = paddle.zeros([0], dtype="float32").cpu()
     return _empty["bias"]
+
+
+def _empty_bool():
+    """The C++ prefill attention's "no mask" (causal only)."""
+    if "mask" not in _empty:
+        _empty["mask"] = paddle.zeros([0], dtype="bool").cpu()
+    return _empty["mask"]

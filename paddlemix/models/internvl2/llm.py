@@ -16,7 +16,7 @@ from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
 from .config import rope_type
-from .kernels import (Linear, add_rms_norm, apply_rotary, causal_attention, decode_attention, grouped_attention,
+from .kernels import (Linear, add_rms_norm, apply_rotary, cached_attention, causal_attention, grouped_attention,
                       rms_norm, swiglu)
 
 
@@ -240,14 +240,6 @@ class KVCache:
             self.values[layer] = paddle.zeros(self.shape, dtype=self.dtype, device=place)
         return self.keys[layer], self.values[layer]
 
-    def update(self, layer, key, value):
-        """Store [B, KV, T, D] keys/values at the current end; return everything so far."""
-        keys, values = self.buffers(layer, key.place, key.shape[2])
-        start, end = self.length, self.length + key.shape[2]
-        keys[:, :, start:end] = key
-        values[:, :, start:end] = value
-        return keys[:, :, :end], values[:, :, :end]
-
     def reorder(self, rows):
         """Make row i a copy of row rows[i] (beam search: each beam takes over its parent's history)."""
         self.shape[0] = rows.shape[0]
@@ -274,21 +266,16 @@ class Attention(nn.Layer):
         batch, length, _ = hidden.shape
         heads, kv_heads = self.num_heads, self.num_kv_heads
         qkv = self.qkv_proj(hidden)
-        past = cache.length if cache is not None else 0
-        if past and length == 1:  # one decoded token per row
-            keys, values = cache.buffers(layer_index, qkv.place, 1)
-            return self.o_proj(decode_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask))
+        if cache is not None:
+            keys, values = cache.buffers(layer_index, qkv.place, length)
+            return self.o_proj(cached_attention(qkv, cos, sin, keys, values, cache.length, heads, kv_heads, mask))
         qkv = qkv.reshape([batch, length, heads + 2 * kv_heads, self.head_dim])
         qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
         q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
-        if mask is None:  # a fresh sequence (past > 0 comes with a mask when more than one token is new)
-            if cache is not None:
-                cache.update(layer_index, k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3]))
+        if mask is None:
             out = causal_attention(q, k, v)
         else:
             q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
-            if cache is not None:
-                k, v = cache.update(layer_index, k, v)
             out = grouped_attention(q, k, v, mask).transpose([0, 2, 1, 3])
         return self.o_proj(out.reshape([batch, length, -1]))
 

@@ -788,6 +788,112 @@ PD_BUILD_OP(paddlemix_bf16_gemm_bias)
     .SetKernelFn(PD_KERNEL(Bf16GemmBias))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearShape3))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out3));
+
+// Rotary grouped-query attention for T new tokens per row after `past` cached ones (a prefill):
+// qkv [B, T, (H + 2 KV) D], cos/sin [B, T, D]; the keys and values of positions past..past+T-1
+// are written into the caches [B, KV, L, D] (in place). `mask` bool [B, 1, T, past + T] (true =
+// attend) or empty: then causal, query t sees keys 0..past+t. Per (row, head, block of 64 queries)
+// one sgemm Q K^T into a per-thread buffer, the row softmax, one sgemm P V into the output
+// [B, T, H D]. Masked scores are -1e30, as in the plain ops (a row with no key left is uniform).
+std::vector<paddle::Tensor> PrefillAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
+                                             const paddle::Tensor& sin, paddle::Tensor& k_cache,
+                                             paddle::Tensor& v_cache, const paddle::Tensor& mask, int heads,
+                                             int kv_heads, int past, int isa) {
+  check_isa(isa);
+  const paddle::Tensor* inputs[] = {&qkv, &cos, &sin, &k_cache, &v_cache};
+  for (const paddle::Tensor* t : inputs) {
+    PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32, "prefill_attention takes float32 CPU tensors");
+  }
+  PD_CHECK(k_cache.shape().size() == 4 && k_cache.shape() == v_cache.shape(), "the caches must be [B, KV, L, D]");
+  const int64_t batch = k_cache.shape()[0], length = k_cache.shape()[2], dim = k_cache.shape()[3];
+  PD_CHECK(kv_heads == k_cache.shape()[1] && heads % kv_heads == 0 && dim % 2 == 0, "heads do not match the cache");
+  PD_CHECK(qkv.shape().size() == 3 && qkv.shape()[0] == batch && qkv.shape()[2] == (heads + 2 * kv_heads) * dim,
+           "qkv must be [B, T, (H + 2 KV) D]");
+  const int64_t steps = qkv.shape()[1], keys = past + steps, width = (heads + 2 * kv_heads) * dim;
+  PD_CHECK(cos.numel() == batch * steps * dim && sin.numel() == batch * steps * dim, "cos and sin must be [B, T, D]");
+  PD_CHECK(past >= 0 && keys <= length, "the cache is too short");
+  PD_CHECK(mask.numel() == 0 || (mask.dtype() == paddle::DataType::BOOL && mask.numel() == batch * steps * keys),
+           "the mask must be bool [B, 1, T, past + T], or empty for causal");
+  auto out = paddle::empty({batch, steps, heads * dim}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float *qd = qkv.data<float>(), *cd = cos.data<float>(), *sd = sin.data<float>();
+  const bool* md = mask.numel() ? mask.data<bool>() : nullptr;
+  float *kd = k_cache.data<float>(), *vd = v_cache.data<float>(), *od = out.data<float>();
+  const int64_t groups = heads / kv_heads, half = dim / 2;
+  const float scale = 1.f / std::sqrt(static_cast<float>(dim));
+  auto rotate = [&](const float* x, const float* c, const float* s, float* y) {
+    for (int64_t i = 0; i < half; ++i) {
+      y[i] = x[i] * c[i] - x[i + half] * s[i];
+      y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+    }
+  };
+#pragma omp parallel for schedule(static)
+  for (int64_t task = 0; task < batch * kv_heads * steps; ++task) {
+    const int64_t b = task / (kv_heads * steps), g = task / steps % kv_heads, t = task % steps;
+    const float* row = qd + (b * steps + t) * width;
+    const int64_t at = ((b * kv_heads + g) * length + past + t) * dim;
+    rotate(row + (heads + g) * dim, cd + (b * steps + t) * dim, sd + (b * steps + t) * dim, kd + at);
+    std::memcpy(vd + at, row + (heads + kv_heads + g) * dim, dim * sizeof(float));
+  }
+  constexpr int64_t kRows = 64;
+  const int64_t blocks = (steps + kRows - 1) / kRows, tasks = batch * heads * blocks;
+#pragma omp parallel
+  {
+    std::vector<float> query(kRows * dim), scores(kRows * keys);
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t b = task / (heads * blocks), h = task / blocks % heads, t0 = task % blocks * kRows;
+      const int64_t rows = steps - t0 < kRows ? steps - t0 : kRows, g = h / groups;
+      const int64_t seen = md ? keys : past + t0 + rows;  // causal: the block's last query sees this many keys
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t t = t0 + r;
+        rotate(qd + (b * steps + t) * width + h * dim, cd + (b * steps + t) * dim, sd + (b * steps + t) * dim,
+               query.data() + r * dim);
+      }
+      const float* k_head = kd + (b * kv_heads + g) * length * dim;
+      const float* v_head = vd + (b * kv_heads + g) * length * dim;
+      cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, seen, dim, 1.f, query.data(), dim, k_head, dim, 0.f,
+                  scores.data(), seen);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* x = scores.data() + r * seen;
+        const int64_t t = t0 + r;
+        if (md) {
+          const bool* allowed = md + (b * steps + t) * keys;
+          for (int64_t j = 0; j < keys; ++j) x[j] = allowed[j] ? x[j] : -1e30f;
+          softmax_row(isa, x, x, keys, scale);
+        } else {
+          const int64_t visible = past + t + 1;
+          softmax_row(isa, x, x, visible, scale);
+          std::memset(x + visible, 0, (seen - visible) * sizeof(float));
+        }
+      }
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, dim, seen, 1.f, scores.data(), seen, v_head, dim, 0.f,
+                  od + (b * steps + t0) * heads * dim + h * dim, heads * dim);
+    }
+  }
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> PrefillAttentionShape(const std::vector<int64_t>& qkv_shape,
+                                                        const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                        const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                        const std::vector<int64_t>&, int heads, int kv_heads, int,
+                                                        int) {
+  return {{qkv_shape[0], qkv_shape[1], qkv_shape[2] / (heads + 2 * kv_heads) * heads}};
+}
+std::vector<paddle::DataType> PrefillAttentionDtype(const paddle::DataType& qkv_dtype, const paddle::DataType&,
+                                                    const paddle::DataType&, const paddle::DataType&,
+                                                    const paddle::DataType&, const paddle::DataType&) {
+  return {qkv_dtype};
+}
+
+PD_BUILD_OP(paddlemix_prefill_attention)
+    .Inputs({"QKV", "Cos", "Sin", "KCache", "VCache", "Mask"})
+    .Outputs({"Out", "KCacheOut", "VCacheOut"})
+    .SetInplaceMap({{"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
+    .Attrs({"heads: int", "kv_heads: int", "past: int", "isa: int"})
+    .SetKernelFn(PD_KERNEL(PrefillAttention))
+    .SetInferShapeFn(PD_INFER_SHAPE(PrefillAttentionShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(PrefillAttentionDtype));
 #endif  // PADDLEMIX_MKL
 
 // One decoding step of rotary grouped-query attention over the KV cache, in place of ~30 eager ops:
