@@ -294,3 +294,53 @@ def test_swiglu_equals_paddles(ops, body, shape, monkeypatch):
     assert calls == [CODES[body]] and got.shape == [*shape[:-1], shape[-1] // 2]
     gate, up = gate_up.chunk(2, axis=-1)
     np.testing.assert_allclose(got.numpy(), (paddle.nn.functional.silu(gate) * up).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_packed_attention_equals_attention_over_its_thirds(ops, body):
+    _body_or_skip(body)
+    if not hasattr(ops, "paddlemix_packed_attention"):
+        pytest.skip("this Paddle wheel ships no MKL BLAS, which the attention kernel uses")
+    rng = np.random.RandomState(5)
+    qkv = paddle.to_tensor(rng.standard_normal((2, 131, 3 * 4 * 64)).astype(np.float32))
+    with kernels.native_body(body):
+        got = kernels.packed_attention(qkv, 4)
+    with kernels.only_fast_paths():
+        want = kernels.packed_attention(qkv, 4)
+    assert got.shape == [2, 131, 256]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("shape", [(1, 7), (3, 1025, 1024), (2, 17, 33)])
+def test_scaled_residual_and_its_layer_norm_equal_the_plain_ops(ops, body, shape, monkeypatch):
+    _body_or_skip(body)
+    calls = []
+    for name in ("paddlemix_scaled_add", "paddlemix_scaled_add_layer_norm"):
+        original = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, _n=name, _o=original: calls.append((_n, args[-1])) or _o(*args))
+    rng = np.random.RandomState(sum(shape))
+    x, branch = (paddle.to_tensor((rng.standard_normal(shape) * 3 + 1).astype(np.float32)) for _ in range(2))
+    scale, weight, bias = (paddle.to_tensor(rng.uniform(-1.5, 1.5, shape[-1]).astype(np.float32)) for _ in range(3))
+    results = {}
+    for name in ("native", "plain"):
+        with paddle.no_grad(), kernels.native_body(body), \
+                kernels.only_fast_paths(*(["native"] if name == "native" else [])):
+            results[name] = [kernels.scaled_add(x, branch, scale),
+                             *kernels.scaled_add_layer_norm(x, branch, scale, weight, bias, 1e-6)]
+    assert calls == [("paddlemix_scaled_add", CODES[body]), ("paddlemix_scaled_add_layer_norm", CODES[body])]
+    for got, want in zip(results["native"], results["plain"]):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", (17, 300))
+def test_the_gemm_with_gelu_equals_gelu_after_the_gemm(ops, rows):
+    if not hasattr(ops, "paddlemix_bf16_gemm_bias_gelu"):
+        pytest.skip("this Paddle wheel ships no MKL BLAS, which the bf16 GEMM uses")
+    rng = np.random.RandomState(rows)
+    x = paddle.to_tensor(rng.standard_normal((rows, 96)).astype(np.float32))
+    weight, _ = _bf16(rng.standard_normal((130, 96)) * 0.2)
+    bias = paddle.to_tensor(rng.standard_normal(130).astype(np.float32))
+    got = kernels.lowp_linear(x, weight, bias=bias, with_gelu=True)
+    want = paddle.nn.functional.gelu(kernels.lowp_linear(x, weight, bias=bias), approximate=False)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)

@@ -252,6 +252,36 @@ def cached_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask=No
     return out.reshape([batch, steps, heads * dim])
 
 
+def packed_attention(qkv, heads):
+    """Unmasked attention (InternViT) over the packed projection qkv [B, L, 3 C] ([q | k | v]), [B, L, C] out."""
+    batch, length, width = qkv.shape
+    dim = width // 3 // heads
+    module = _native_for(qkv)
+    if module is not None and hasattr(module, "paddlemix_packed_attention"):
+        return module.paddlemix_packed_attention(qkv.contiguous(), heads, dim ** -0.5, native_isa()[1])
+    q, k, v = (t.reshape([batch, length, heads, dim]) for t in qkv.chunk(3, axis=-1))
+    return full_attention(q, k, v).reshape([batch, length, width // 3])
+
+
+def scaled_add(x, branch, scale):
+    """x + branch * scale over the last axis (InternViT's layer-scaled residual), one pass on CPU."""
+    module = _native_for(x)
+    if module is not None and not _needs_grad(branch, scale):
+        return module.paddlemix_scaled_add(x.contiguous(), branch.contiguous(), scale, native_isa()[1])
+    return x + branch * scale
+
+
+def scaled_add_layer_norm(x, branch, scale, weight, bias, eps):
+    """(layer_norm(x + branch * scale), x + branch * scale): InternViT's residual and the next LayerNorm."""
+    module = _native_for(x)
+    if module is not None and not _needs_grad(branch, scale, weight, bias):
+        out, total = module.paddlemix_scaled_add_layer_norm(x.contiguous(), branch.contiguous(), scale, weight, bias,
+                                                            float(eps), native_isa()[1])
+        return out, total
+    total = x + branch * scale
+    return F.layer_norm(total, total.shape[-1:], weight, bias, eps), total
+
+
 def full_attention(query, key, value):
     """Unmasked attention (InternViT), [B, L, H, D] in and out."""
     if _on("sdpa") and fused_enabled(query):
@@ -320,8 +350,9 @@ def gelu(x):
     return F.gelu(x, approximate=False)
 
 
-def lowp_linear(x, weight, scale=None, bias=None):
-    """x [..., K] float32 times a bfloat16 or int8 weight [N, K] (the checkpoint's [out, in] layout), plus `bias`.
+def lowp_linear(x, weight, scale=None, bias=None, with_gelu=False):
+    """x [..., K] float32 times a bfloat16 or int8 weight [N, K] (the checkpoint's [out, in] layout), plus `bias`,
+    then the exact GELU if `with_gelu`.
 
     For int8, `scale` [N] multiplies each output. On CPU the C++ kernels run: up to LOWP_MAX_ROWS rows
     a product that streams the weight once and adds the bias itself; more rows of a bf16 weight,
@@ -337,15 +368,21 @@ def lowp_linear(x, weight, scale=None, bias=None):
         _, code = native_isa()
         if rows > LOWP_MAX_ROWS and scale is None and hasattr(module, "paddlemix_bf16_gemm"):
             if bias is None:
-                return module.paddlemix_bf16_gemm(x, weight, code)
-            return module.paddlemix_bf16_gemm_bias(x, weight, bias, code)
+                out = module.paddlemix_bf16_gemm(x, weight, code)
+            elif with_gelu:  # applied to each block of rows while it is in cache
+                return module.paddlemix_bf16_gemm_bias_gelu(x, weight, bias, code)
+            else:
+                out = module.paddlemix_bf16_gemm_bias(x, weight, bias, code)
+            return gelu(out) if with_gelu else out
         if rows <= LOWP_MAX_ROWS:
             bias = _no_bias() if bias is None else bias
-            return (module.paddlemix_bf16_linear(x, weight, bias, code) if scale is None
-                    else module.paddlemix_int8_linear(x, weight, scale, bias, code))
+            out = (module.paddlemix_bf16_linear(x, weight, bias, code) if scale is None
+                   else module.paddlemix_int8_linear(x, weight, scale, bias, code))
+            return gelu(out) if with_gelu else out
     out = paddle.matmul(x, weight.astype("float32"), transpose_y=True)
     out = out if scale is None else out * scale
-    return out if bias is None else out + bias
+    out = out if bias is None else out + bias
+    return gelu(out) if with_gelu else out
 
 
 _empty = {}

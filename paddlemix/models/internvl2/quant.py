@@ -58,11 +58,12 @@ class Bf16Linear(nn.Layer):
         in_features, out_features = linear.weight.shape
         return cls(in_features, out_features, bias=linear.bias is not None)
 
-    def forward(self, x):
+    def forward(self, x, with_gelu=False):
+        """`with_gelu`: gelu(this layer(x)), the GELU fused into the product where the C++ GEMM runs."""
         if self.training:
             raise RuntimeError("this model keeps the checkpoint's bf16 weights for inference; load it with "
                                "from_pretrained(..., cpu_bf16_weights=False) to train")
-        return lowp_linear(x, self.weight, bias=self.bias)
+        return lowp_linear(x, self.weight, bias=self.bias, with_gelu=with_gelu)
 
 
 class Bf16Embedding(nn.Layer):

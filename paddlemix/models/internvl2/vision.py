@@ -9,8 +9,9 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
-from .kernels import Linear, full_attention, gelu
+from .kernels import Linear, full_attention, gelu, packed_attention, scaled_add, scaled_add_layer_norm
 from .llm import RMSNorm
+from .quant import Bf16Linear
 
 
 def make_norm(config, size):
@@ -78,9 +79,10 @@ class VisionAttention(nn.Layer):
 
     def forward(self, x):
         batch, length, channels = x.shape
+        if not self.qk_normalization:
+            return self.proj(packed_attention(self.qkv(x), self.num_heads))
         q, k, v = self.qkv(x).chunk(3, axis=-1)
-        if self.qk_normalization:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.reshape([batch, length, self.num_heads, self.head_dim]) for t in (q, k, v))
         return self.proj(full_attention(q, k, v).reshape([batch, length, channels]))
 
@@ -92,6 +94,8 @@ class VisionMLP(nn.Layer):
         self.fc2 = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x):
+        if isinstance(self.fc1, Bf16Linear):
+            return self.fc2(self.fc1(x, with_gelu=True))
         return self.fc2(gelu(self.fc1(x)))
 
 
@@ -109,8 +113,17 @@ class VisionEncoderLayer(nn.Layer):
         self.drop_path2 = DropPath(drop_path_rate)
 
     def forward(self, x):
-        x = x + self.drop_path1(self.attn(self.norm1(x)) * self.ls1)
-        return x + self.drop_path2(self.mlp(self.norm2(x)) * self.ls2)
+        if self.training:
+            x = x + self.drop_path1(self.attn(self.norm1(x)) * self.ls1)
+            return x + self.drop_path2(self.mlp(self.norm2(x)) * self.ls2)
+        attended = self.attn(self.norm1(x))  # without drop path: the residual adds and norm2 fuse on CPU
+        if isinstance(self.norm2, nn.LayerNorm):
+            normed, x = scaled_add_layer_norm(x, attended, self.ls1, self.norm2.weight, self.norm2.bias,
+                                              self.norm2._epsilon)
+        else:
+            x = scaled_add(x, attended, self.ls1)
+            normed = self.norm2(x)
+        return scaled_add(x, self.mlp(normed), self.ls2)
 
 
 class VisionEncoder(nn.Layer):

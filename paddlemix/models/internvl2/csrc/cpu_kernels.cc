@@ -590,6 +590,15 @@ std::vector<paddle::Tensor> ScaledSoftmax(const paddle::Tensor& x, float scale, 
   return {out};
 }
 
+// The exact GELU of n floats by the body `isa` names (`out` may be `x`).
+void gelu_span(int isa, const float* x, float* out, int64_t n) {
+#ifdef PADDLEMIX_X86
+  if (isa == kAvx512) return gelu_avx512(x, out, n);
+  if (isa == kAvx2) return gelu_avx2(x, out, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) out[i] = gelu_plain(x[i]);
+}
+
 std::vector<paddle::Tensor> Gelu(const paddle::Tensor& x, int isa) {
   check_isa(isa);
   auto out = float32_like(x, "gelu");
@@ -600,17 +609,7 @@ std::vector<paddle::Tensor> Gelu(const paddle::Tensor& x, int isa) {
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk, count = begin + kChunk < n ? kChunk : n - begin;
-#ifdef PADDLEMIX_X86
-    if (isa == kAvx512) {
-      gelu_avx512(in + begin, dst + begin, count);
-      continue;
-    }
-    if (isa == kAvx2) {
-      gelu_avx2(in + begin, dst + begin, count);
-      continue;
-    }
-#endif
-    for (int64_t i = begin; i < begin + count; ++i) dst[i] = gelu_plain(in[i]);
+    gelu_span(isa, in + begin, dst + begin, count);
   }
   return {out};
 }
@@ -651,6 +650,106 @@ std::vector<std::vector<int64_t>> HalfWidthShape(const std::vector<int64_t>& x_s
   return {shape};
 }
 
+// sum = x + y * scale for one row and, with a weight, out = LayerNorm(sum) (mean and variance in
+// float32, two passes). One source: the AVX-512 and AVX2 bodies are this, compiled for their target.
+__attribute__((always_inline)) inline void scaled_add_row(const float* x, const float* y, const float* scale,
+                                                          const float* w, const float* b, float eps, float* sum,
+                                                          float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) sum[i] = x[i] + y[i] * scale[i];
+  if (!w) return;
+  constexpr int64_t kLanes = 16;  // partial sums the compiler keeps in one vector register
+  float lanes[kLanes] = {0.f}, mean = 0.f, var = 0.f;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += sum[i + j];
+  }
+  for (; i < n; ++i) mean += sum[i];
+  for (int64_t j = 0; j < kLanes; ++j) mean += lanes[j];
+  mean /= static_cast<float>(n);
+  for (int64_t j = 0; j < kLanes; ++j) lanes[j] = 0.f;
+  for (i = 0; i + kLanes <= n; i += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += (sum[i + j] - mean) * (sum[i + j] - mean);
+  }
+  for (; i < n; ++i) var += (sum[i] - mean) * (sum[i] - mean);
+  for (int64_t j = 0; j < kLanes; ++j) var += lanes[j];
+  const float inv = 1.f / std::sqrt(var / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = (sum[i] - mean) * inv * w[i] + b[i];
+}
+
+using ScaledAddFn = void (*)(const float*, const float*, const float*, const float*, const float*, float, float*,
+                             float*, int64_t);
+void scaled_add_plain(const float* x, const float* y, const float* scale, const float* w, const float* b, float eps,
+                      float* sum, float* out, int64_t n) {
+  scaled_add_row(x, y, scale, w, b, eps, sum, out, n);
+}
+#ifdef PADDLEMIX_X86
+__attribute__((target("avx512f"))) void scaled_add_avx512(const float* x, const float* y, const float* scale,
+                                                          const float* w, const float* b, float eps, float* sum,
+                                                          float* out, int64_t n) {
+  scaled_add_row(x, y, scale, w, b, eps, sum, out, n);
+}
+__attribute__((target("avx2,fma"))) void scaled_add_avx2(const float* x, const float* y, const float* scale,
+                                                        const float* w, const float* b, float eps, float* sum,
+                                                        float* out, int64_t n) {
+  scaled_add_row(x, y, scale, w, b, eps, sum, out, n);
+}
+#endif
+
+// x + y * scale over the last axis (InternViT's layer-scaled residual); with `w`, also its LayerNorm.
+std::vector<paddle::Tensor> scaled_add(const paddle::Tensor& x, const paddle::Tensor& y, const paddle::Tensor& scale,
+                                       const paddle::Tensor* w, const paddle::Tensor* b, float eps, int isa) {
+  check_isa(isa);
+  auto sum = float32_like(x, "scaled_add");
+  const int64_t n = x.shape().back(), rows = n ? x.numel() / n : 0;
+  PD_CHECK(y.dtype() == paddle::DataType::FLOAT32 && y.shape() == x.shape(), "y must be float32 and shaped like x");
+  PD_CHECK(scale.dtype() == paddle::DataType::FLOAT32 && scale.numel() == n, "the scale must be float32 [C]");
+  PD_CHECK(!w || (w->dtype() == paddle::DataType::FLOAT32 && w->numel() == n && b->dtype() == w->dtype() &&
+                  b->numel() == n), "the norm's weight and bias must be float32 [C]");
+  paddle::Tensor out = w ? float32_like(x, "scaled_add") : paddle::Tensor();
+  ScaledAddFn body = scaled_add_plain;
+#ifdef PADDLEMIX_X86
+  if (isa == kAvx512) body = scaled_add_avx512;
+  if (isa == kAvx2) body = scaled_add_avx2;
+#endif
+  const float *xd = x.data<float>(), *yd = y.data<float>(), *sd = scale.data<float>();
+  const float *wd = w ? w->data<float>() : nullptr, *bd = w ? b->data<float>() : nullptr;
+  float *sumd = sum.data<float>(), *od = w ? out.data<float>() : nullptr;
+#pragma omp parallel for schedule(static) if (rows > 16)
+  for (int64_t r = 0; r < rows; ++r) {
+    body(xd + r * n, yd + r * n, sd, wd, bd, eps, sumd + r * n, od ? od + r * n : nullptr, n);
+  }
+  if (w) return {out, sum};
+  return {sum};
+}
+
+std::vector<paddle::Tensor> ScaledAdd(const paddle::Tensor& x, const paddle::Tensor& y, const paddle::Tensor& scale,
+                                      int isa) {
+  return scaled_add(x, y, scale, nullptr, nullptr, 0.f, isa);
+}
+std::vector<paddle::Tensor> ScaledAddLayerNorm(const paddle::Tensor& x, const paddle::Tensor& y,
+                                               const paddle::Tensor& scale, const paddle::Tensor& w,
+                                               const paddle::Tensor& b, float eps, int isa) {
+  return scaled_add(x, y, scale, &w, &b, eps, isa);
+}
+std::vector<std::vector<int64_t>> ScaledAddShape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>&,
+                                                 const std::vector<int64_t>&) {
+  return {x_shape};
+}
+std::vector<std::vector<int64_t>> ScaledAddLayerNormShape(const std::vector<int64_t>& x_shape,
+                                                          const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                          const std::vector<int64_t>&, const std::vector<int64_t>&) {
+  return {x_shape, x_shape};
+}
+std::vector<paddle::DataType> ScaledAddDtype(const paddle::DataType& x_dtype, const paddle::DataType&,
+                                             const paddle::DataType&) {
+  return {x_dtype};
+}
+std::vector<paddle::DataType> ScaledAddLayerNormDtype(const paddle::DataType& x_dtype, const paddle::DataType&,
+                                                      const paddle::DataType&, const paddle::DataType&,
+                                                      const paddle::DataType&) {
+  return {x_dtype, x_dtype};
+}
+
 std::vector<std::vector<int64_t>> SameShape(const std::vector<int64_t>& x_shape) { return {x_shape}; }
 std::vector<paddle::DataType> SameDtype(const paddle::DataType& x_dtype) { return {x_dtype}; }
 
@@ -678,22 +777,32 @@ PD_BUILD_OP(paddlemix_swiglu)
     .SetInferShapeFn(PD_INFER_SHAPE(HalfWidthShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
 
+PD_BUILD_OP(paddlemix_scaled_add)
+    .Inputs({"X", "Y", "Scale"})
+    .Outputs({"Sum"})
+    .Attrs({"isa: int"})
+    .SetKernelFn(PD_KERNEL(ScaledAdd))
+    .SetInferShapeFn(PD_INFER_SHAPE(ScaledAddShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(ScaledAddDtype));
+
+PD_BUILD_OP(paddlemix_scaled_add_layer_norm)
+    .Inputs({"X", "Y", "Scale", "W", "B"})
+    .Outputs({"Out", "Sum"})
+    .Attrs({"eps: float", "isa: int"})
+    .SetKernelFn(PD_KERNEL(ScaledAddLayerNorm))
+    .SetInferShapeFn(PD_INFER_SHAPE(ScaledAddLayerNormShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(ScaledAddLayerNormDtype));
+
 #ifdef PADDLEMIX_MKL
 // Unmasked attention over q, k, v [B, L, H, D] -> [B, L, H, D]. Per (batch, head, block of 128
 // queries) the scores go to a per-thread buffer that stays in L2: one sgemm Q K^T, the row softmax
 // in place, one sgemm P V written straight into the output rows. The [H, L, L] score tensor of the
 // plain ops (67 MB per InternViT layer) is never made.
-std::vector<paddle::Tensor> Attention(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
-                                      float scale, int isa) {
-  check_isa(isa);
-  PD_CHECK(q.shape().size() == 4 && q.shape() == k.shape() && q.shape() == v.shape(), "q, k, v must be [B, L, H, D]");
-  auto out = float32_like(q, "attention");
-  const int64_t batch = q.shape()[0], length = q.shape()[1], heads = q.shape()[2], dim = q.shape()[3];
-  const int64_t ld = heads * dim;
+// q, k, v: rows of `ld` floats, head h at column h * dim; out [B, L, H * dim].
+void attention(const float* qd, const float* kd, const float* vd, int64_t ld, int64_t batch, int64_t length,
+               int64_t heads, int64_t dim, float scale, int isa, float* od) {
   constexpr int64_t kRows = 128;
-  const int64_t blocks = (length + kRows - 1) / kRows, tasks = batch * heads * blocks;
-  const float *qd = q.data<float>(), *kd = k.data<float>(), *vd = v.data<float>();
-  float* od = out.data<float>();
+  const int64_t blocks = (length + kRows - 1) / kRows, tasks = batch * heads * blocks, out_ld = heads * dim;
 #pragma omp parallel
   {
     std::vector<float> scores(kRows * length);
@@ -707,11 +816,45 @@ std::vector<paddle::Tensor> Attention(const paddle::Tensor& q, const paddle::Ten
       for (int64_t r = 0; r < rows; ++r) softmax_row(isa, scores.data() + r * length, scores.data() + r * length,
                                                      length, scale);
       cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, rows, dim, length, 1.f, scores.data(), length, vd + head, ld, 0.f,
-                  od + head + r0 * ld, ld);
+                  od + b * length * out_ld + h * dim + r0 * out_ld, out_ld);
     }
   }
+}
+
+std::vector<paddle::Tensor> Attention(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v,
+                                      float scale, int isa) {
+  check_isa(isa);
+  PD_CHECK(q.shape().size() == 4 && q.shape() == k.shape() && q.shape() == v.shape(), "q, k, v must be [B, L, H, D]");
+  auto out = float32_like(q, "attention");
+  const int64_t batch = q.shape()[0], length = q.shape()[1], heads = q.shape()[2], dim = q.shape()[3];
+  attention(q.data<float>(), k.data<float>(), v.data<float>(), heads * dim, batch, length, heads, dim, scale, isa,
+            out.data<float>());
   return {out};
 }
+
+// The same over the packed projection qkv [B, L, 3 H D] ([q | k | v]), with no copies of its thirds.
+std::vector<paddle::Tensor> PackedAttention(const paddle::Tensor& qkv, int heads, float scale, int isa) {
+  check_isa(isa);
+  PD_CHECK(qkv.is_cpu() && qkv.dtype() == paddle::DataType::FLOAT32 && qkv.shape().size() == 3 &&
+               qkv.shape()[2] % (3 * heads) == 0, "qkv must be float32 [B, L, 3 H D]");
+  const int64_t batch = qkv.shape()[0], length = qkv.shape()[1], width = qkv.shape()[2] / 3, dim = width / heads;
+  auto out = paddle::empty({batch, length, width}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* base = qkv.data<float>();
+  attention(base, base + width, base + 2 * width, 3 * width, batch, length, heads, dim, scale, isa, out.data<float>());
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> PackedAttentionShape(const std::vector<int64_t>& qkv_shape, int, float, int) {
+  return {{qkv_shape[0], qkv_shape[1], qkv_shape[2] / 3}};
+}
+
+PD_BUILD_OP(paddlemix_packed_attention)
+    .Inputs({"QKV"})
+    .Outputs({"Out"})
+    .Attrs({"heads: int", "scale: float", "isa: int"})
+    .SetKernelFn(PD_KERNEL(PackedAttention))
+    .SetInferShapeFn(PD_INFER_SHAPE(PackedAttentionShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SameDtype));
 
 std::vector<std::vector<int64_t>> AttentionShape(const std::vector<int64_t>& q_shape, const std::vector<int64_t>&,
                                                  const std::vector<int64_t>&) {
@@ -733,7 +876,9 @@ PD_BUILD_OP(paddlemix_attention)
 // x [..., K] float32 times a bf16 weight [N, K] for many rows (prefill, the ViT): each thread widens
 // its share of the weight rows into a buffer it keeps between calls, then one single-threaded MKL
 // sgemm multiplies all rows by it. Widening costs ~2% of the product; the weight stays bf16.
-paddle::Tensor bf16_gemm(const paddle::Tensor& x, const paddle::Tensor& w, const float* bias, int isa) {
+// With `gelu`, the exact GELU is applied to each block of 256 rows while the block is still in cache
+// (InternViT's fc1: a separate pass over its [rows, 4096] output cost as much as a third of the product).
+paddle::Tensor bf16_gemm(const paddle::Tensor& x, const paddle::Tensor& w, const float* bias, bool gelu, int isa) {
   check_isa(isa);
   PD_CHECK(x.is_cpu() && w.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "x must be a float32 CPU tensor");
   PD_CHECK(w.dtype() == paddle::DataType::BFLOAT16 && w.shape().size() == 2 && x.shape().back() == w.shape()[1],
@@ -753,24 +898,38 @@ paddle::Tensor bf16_gemm(const paddle::Tensor& x, const paddle::Tensor& w, const
       if (static_cast<int64_t>(widened.size()) < cols * k_dim) widened.resize(cols * k_dim);
       const uint16_t* src = wd + n0 * k_dim;
       for (int64_t i = 0; i < cols * k_dim; ++i) widened[i] = widen(src[i]);
-      if (bias) {  // the bias goes in first and the product is added to it (beta = 1)
-        for (int64_t r = 0; r < rows; ++r) std::memcpy(od + r * n_dim + n0, bias + n0, cols * sizeof(float));
+      constexpr int64_t kBlock = 256;
+      for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+        const int64_t block = rows - r0 < kBlock ? rows - r0 : kBlock;
+        float* block_out = od + r0 * n_dim + n0;
+        if (bias) {  // the bias goes in first and the product is added to it (beta = 1)
+          for (int64_t r = 0; r < block; ++r) std::memcpy(block_out + r * n_dim, bias + n0, cols * sizeof(float));
+        }
+        cblas_sgemm(kRowMajor, kNoTrans, kTrans, block, cols, k_dim, 1.f, xd + r0 * k_dim, k_dim, widened.data(),
+                    k_dim, bias ? 1.f : 0.f, block_out, n_dim);
+        if (gelu) {
+          for (int64_t r = 0; r < block; ++r) gelu_span(isa, block_out + r * n_dim, block_out + r * n_dim, cols);
+        }
       }
-      cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, cols, k_dim, 1.f, xd, k_dim, widened.data(), k_dim,
-                  bias ? 1.f : 0.f, od + n0, n_dim);
     }
   }
   return out;
 }
 
 std::vector<paddle::Tensor> Bf16Gemm(const paddle::Tensor& x, const paddle::Tensor& w, int isa) {
-  return {bf16_gemm(x, w, nullptr, isa)};
+  return {bf16_gemm(x, w, nullptr, false, isa)};
 }
 
 std::vector<paddle::Tensor> Bf16GemmBias(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& b,
                                          int isa) {
   PD_CHECK(b.dtype() == paddle::DataType::FLOAT32 && b.numel() == w.shape()[0], "the bias must be float32 [N]");
-  return {bf16_gemm(x, w, b.data<float>(), isa)};
+  return {bf16_gemm(x, w, b.data<float>(), false, isa)};
+}
+
+std::vector<paddle::Tensor> Bf16GemmBiasGelu(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& b,
+                                             int isa) {
+  PD_CHECK(b.dtype() == paddle::DataType::FLOAT32 && b.numel() == w.shape()[0], "the bias must be float32 [N]");
+  return {bf16_gemm(x, w, b.data<float>(), true, isa)};
 }
 
 PD_BUILD_OP(paddlemix_bf16_gemm)
@@ -786,6 +945,14 @@ PD_BUILD_OP(paddlemix_bf16_gemm_bias)
     .Outputs({"Out"})
     .Attrs({"isa: int"})
     .SetKernelFn(PD_KERNEL(Bf16GemmBias))
+    .SetInferShapeFn(PD_INFER_SHAPE(LinearShape3))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out3));
+
+PD_BUILD_OP(paddlemix_bf16_gemm_bias_gelu)
+    .Inputs({"X", "W", "B"})
+    .Outputs({"Out"})
+    .Attrs({"isa: int"})
+    .SetKernelFn(PD_KERNEL(Bf16GemmBiasGelu))
     .SetInferShapeFn(PD_INFER_SHAPE(LinearShape3))
     .SetInferDtypeFn(PD_INFER_DTYPE(Float32Out3));
 
