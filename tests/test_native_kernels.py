@@ -34,6 +34,15 @@ def ops():
     return module
 
 
+def _record_calls(monkeypatch, ops, *names):
+    """A list that gets (op name, body code) for each call of the named ops."""
+    calls = []
+    for name in names:
+        original = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, _n=name, _o=original: calls.append((_n, args[-1])) or _o(*args))
+    return calls
+
+
 def _bf16(array):
     """(bf16 paddle tensor, the same values in float64)."""
     tensor = paddle.to_tensor(array.astype(np.float32)).astype("bfloat16")
@@ -225,8 +234,7 @@ def test_cached_attention_equals_the_plain_ops_and_writes_only_its_cache_positio
             "paddlemix_masked_decode_attention" if masked else "paddlemix_decode_attention")
     if not hasattr(ops, name):
         pytest.skip("this Paddle wheel ships no MKL BLAS, which the prefill attention uses")
-    calls, original = [], getattr(ops, name)
-    monkeypatch.setattr(ops, name, lambda *args: calls.append(args[-1]) or original(*args))
+    calls = _record_calls(monkeypatch, ops, name)
     rng = np.random.RandomState(past + dim + steps)
     total = past + steps
     mask = None
@@ -252,7 +260,7 @@ def test_cached_attention_equals_the_plain_ops_and_writes_only_its_cache_positio
         assert out.shape == [batch, steps, heads * dim]
         for before, after in zip(caches, (keys.numpy(), values.numpy())):
             np.testing.assert_array_equal(np.delete(after, written, axis=2), np.delete(before, written, axis=2))
-    assert calls == [CODES[body]]
+    assert calls == [(name, CODES[body])]
     for got, want in zip(outs["native"], outs["plain"]):
         _close(got, want)
     np.testing.assert_array_equal(outs["native"][2][:, :, past:total], outs["plain"][2][:, :, past:total])
@@ -262,10 +270,7 @@ def test_cached_attention_equals_the_plain_ops_and_writes_only_its_cache_positio
 @pytest.mark.parametrize("shape", [(1, 896), (7, 17), (2, 3, 1025), (1, 1, 64)])
 def test_rms_norm_and_its_residual_form_equal_the_plain_ops(ops, body, shape, monkeypatch):
     _body_or_skip(body)
-    calls = []
-    for name in ("paddlemix_rms_norm", "paddlemix_add_rms_norm"):
-        original = getattr(ops, name)
-        monkeypatch.setattr(ops, name, lambda *args, _n=name, _o=original: calls.append((_n, args[-1])) or _o(*args))
+    calls = _record_calls(monkeypatch, ops, "paddlemix_rms_norm", "paddlemix_add_rms_norm")
     rng = np.random.RandomState(sum(shape))
     x, residual = (paddle.to_tensor(rng.standard_normal(shape).astype(np.float32) * 3) for _ in range(2))
     weight = paddle.to_tensor(rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32))
@@ -285,13 +290,12 @@ def test_rms_norm_and_its_residual_form_equal_the_plain_ops(ops, body, shape, mo
 @pytest.mark.parametrize("shape", [(1, 2), (7, 34), (2, 3, 9728), (1, 1, 130)])
 def test_swiglu_equals_paddles(ops, body, shape, monkeypatch):
     _body_or_skip(body)
-    calls, original = [], ops.paddlemix_swiglu
-    monkeypatch.setattr(ops, "paddlemix_swiglu", lambda *args: calls.append(args[-1]) or original(*args))
+    calls = _record_calls(monkeypatch, ops, "paddlemix_swiglu")
     rng = np.random.RandomState(sum(shape))
     gate_up = paddle.to_tensor((rng.standard_normal(shape) * 4).astype(np.float32))
     with kernels.native_body(body):
         got = kernels.swiglu(gate_up)
-    assert calls == [CODES[body]] and got.shape == [*shape[:-1], shape[-1] // 2]
+    assert calls == [("paddlemix_swiglu", CODES[body])] and got.shape == [*shape[:-1], shape[-1] // 2]
     gate, up = gate_up.chunk(2, axis=-1)
     np.testing.assert_allclose(got.numpy(), (paddle.nn.functional.silu(gate) * up).numpy(), rtol=1e-5, atol=1e-6)
 
@@ -315,10 +319,7 @@ def test_packed_attention_equals_attention_over_its_thirds(ops, body):
 @pytest.mark.parametrize("shape", [(1, 7), (3, 1025, 1024), (2, 17, 33)])
 def test_scaled_residual_and_its_layer_norm_equal_the_plain_ops(ops, body, shape, monkeypatch):
     _body_or_skip(body)
-    calls = []
-    for name in ("paddlemix_scaled_add", "paddlemix_scaled_add_layer_norm"):
-        original = getattr(ops, name)
-        monkeypatch.setattr(ops, name, lambda *args, _n=name, _o=original: calls.append((_n, args[-1])) or _o(*args))
+    calls = _record_calls(monkeypatch, ops, "paddlemix_scaled_add", "paddlemix_scaled_add_layer_norm")
     rng = np.random.RandomState(sum(shape))
     x, branch = (paddle.to_tensor((rng.standard_normal(shape) * 3 + 1).astype(np.float32)) for _ in range(2))
     scale, weight, bias = (paddle.to_tensor(rng.uniform(-1.5, 1.5, shape[-1]).astype(np.float32)) for _ in range(3))
