@@ -285,16 +285,20 @@ def _copy_side_files(tokenizer_dir, config_dir, out_dir):
 
 
 def make_tiny_checkpoint(
-    config_path, tokenizer_dir, out_dir, seed=0, dtype="float32", shard_bytes=5 * 2**30, **sizes
+    config_path, tokenizer_dir, out_dir, seed=0, dtype="float32", shard_bytes=5 * 2**30, vocab_to_cover=None, **sizes
 ):
-    """Write config, tokenizer files and random weights to ``out_dir``; returns the written config."""
+    """Write config, tokenizer files and random weights to ``out_dir``; returns the written config.
+
+    The vocabulary grows to cover the tokenizer's ids, or ``vocab_to_cover`` when given (a shape
+    measurement whose tokenizer belongs to another model).
+    """
     unknown = set(sizes) - set(DEFAULT_SIZES)
     if unknown:
         raise TypeError(f"unknown size argument(s): {sorted(unknown)}")
     sizes = {**DEFAULT_SIZES, **sizes}
     with open(config_path, encoding="utf-8") as f:
         real = json.load(f)
-    config = shrink_config(real, tokenizer_size(tokenizer_dir), sizes)
+    config = shrink_config(real, vocab_to_cover or tokenizer_size(tokenizer_dir), sizes)
     if config["llm_config"]["vocab_size"] != real["llm_config"]["vocab_size"]:
         logger.info("vocab_size raised to %d to cover the tokenizer", config["llm_config"]["vocab_size"])
 

@@ -3,12 +3,14 @@
 Each function computes the same maths on both paths (tests run both and compare), so the model code
 does not care which one ran.
 * GPU only: fused RoPE (no CPU kernel) and SDPA (on CPU no faster than the plain ops).
-* CPU and GPU: fused RMSNorm (4x to 50x faster than the plain ops on CPU; inference only there, as
-  it has no CPU backward) and SwiGLU (2x on a 300-token prefill).
-* CPU only: `Linear` folds the bias into the product (10-18% faster on the ViT and the prefill);
-  `lowp_linear` (bfloat16 or int8 weights in their [out, in] layout: a streaming product for up
-  to 16 rows, an MKL GEMM over per-thread widened weights beyond), the InternViT attention, the
-  softmax and GELU run this project's C++ kernels (native.py, float32 inference only), whose
+* CPU and GPU: Paddle's fused RMSNorm and SwiGLU (on CPU only when this project's kernels are off;
+  Paddle's RMSNorm has no CPU backward and needs AVX-512, see `CPU_KERNEL_NEEDS`).
+* CPU only: `Linear` folds the bias into the product (10-18% faster on the ViT and the prefill).
+  For float32 inference on CPU this project's C++ kernels (native.py) run: `lowp_linear` (bfloat16
+  or int8 weights in their [out, in] layout: a streaming product for up to 16 rows, an MKL GEMM over
+  per-thread widened weights beyond), the decoder's attention over the KV cache with its RoPE and
+  cache write (`cached_attention`), RMSNorm with or without the residual add, SwiGLU, and for the
+  ViT the attention, the layer-scaled residual with its LayerNorm, the softmax and GELU. Their
   AVX-512 or AVX2+FMA body is chosen from the CPU's features.
 Other devices (NPUs) take the plain ops. PADDLEMIX_FUSED_KERNELS=0 turns every fused kernel off.
 Some of Paddle's CPU kernels need more than the x86-64 baseline and do not check for it (they die
@@ -391,12 +393,12 @@ _empty = {}
 def _no_bias():
     """The C++ products' "no bias": an empty float32 CPU tensor, made on first use (not at import)."""
     if "bias" not in _empty:
-        _empty["bias"] = paddle.zeros([0], dtype="float32").cpu()
+        _empty["bias"] = paddle.zeros([0], dtype="float32", device="cpu")
     return _empty["bias"]
 
 
 def _empty_bool():
     """The C++ prefill attention's "no mask" (causal only)."""
     if "mask" not in _empty:
-        _empty["mask"] = paddle.zeros([0], dtype="bool").cpu()
+        _empty["mask"] = paddle.zeros([0], dtype="bool", device="cpu")
     return _empty["mask"]
