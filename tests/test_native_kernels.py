@@ -345,3 +345,68 @@ def test_the_gemm_with_gelu_equals_gelu_after_the_gemm(ops, rows):
     got = kernels.lowp_linear(x, weight, bias=bias, with_gelu=True)
     want = paddle.nn.functional.gelu(kernels.lowp_linear(x, weight, bias=bias), approximate=False)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _layer_by_ops(x, cos, sin, keys, values, past, heads, kv_heads, mask, norms, projections, eps):
+    """A decoder layer's decoding step op by op (the plain path of each op when called under only_fast_paths())."""
+    def project(inputs, parts):
+        weight, scale, bias = parts
+        return kernels.lowp_linear(inputs, weight, scale, bias)
+
+    qkv = project(kernels.rms_norm(x, norms[0], eps), projections[0])
+    attended = project(kernels.cached_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask),
+                       projections[1])
+    normed, hidden = kernels.add_rms_norm(attended, x, norms[1], eps)
+    return hidden + project(kernels.swiglu(project(normed, projections[2])), projections[3])
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("kind", ["bf16", "int8"])
+@pytest.mark.parametrize("batch,masked,biased", [(1, False, True), (3, True, False), (16, False, False)])
+def test_decode_layer_equals_the_layer_op_by_op(ops, body, kind, batch, masked, biased, monkeypatch):
+    _body_or_skip(body)
+    calls = _record_calls(monkeypatch, ops, "paddlemix_decode_layer")
+    rng = np.random.RandomState(batch + 7 * masked)
+    hidden, heads, kv_heads, dim, inner, past = 48, 6, 2, 8, 70, 11
+
+    def weight(rows, cols):
+        if kind == "bf16":
+            return _bf16(rng.standard_normal((rows, cols)) * 0.3)[0], None
+        values = paddle.to_tensor(rng.randint(-127, 128, (rows, cols)).astype(np.int8))
+        return values, paddle.to_tensor(rng.uniform(1e-3, 5e-3, rows).astype(np.float32))
+
+    projections = []
+    for rows, cols in [((heads + 2 * kv_heads) * dim, hidden), (hidden, heads * dim), (2 * inner, hidden),
+                       (hidden, inner)]:
+        bias = paddle.to_tensor(rng.standard_normal(rows).astype(np.float32)) if biased else None
+        projections.append((*weight(rows, cols), bias))
+    norms = [paddle.to_tensor(rng.uniform(0.5, 1.5, hidden).astype(np.float32)) for _ in range(2)]
+    x = paddle.to_tensor(rng.standard_normal((batch, 1, hidden)).astype(np.float32))
+    angles = np.repeat(rng.uniform(0, 6.3, (batch, 1, dim // 2)), 2, axis=-1).astype(np.float32)
+    cos, sin = paddle.to_tensor(np.cos(angles)), paddle.to_tensor(np.sin(angles))
+    mask = None
+    if masked:
+        allowed = np.ones((batch, 1, 1, past + 1), dtype=bool)
+        allowed[1:, ..., :2] = False
+        mask = paddle.to_tensor(allowed)
+    caches = [rng.standard_normal((batch, kv_heads, past + 4, dim)).astype(np.float32) for _ in range(2)]
+    results = {}
+    for name in ("fused", "ops"):
+        keys, values = (paddle.to_tensor(c) for c in caches)
+        args = (x, cos, sin, keys, values, past, heads, kv_heads, mask, norms, projections, 1e-6)
+        with paddle.no_grad(), kernels.native_body(body), \
+                kernels.only_fast_paths(*(["native"] if name == "fused" else [])):
+            out = kernels.decode_layer(*args) if name == "fused" else _layer_by_ops(*args)
+        results[name] = out.numpy(), keys.numpy(), values.numpy()
+    assert calls == [("paddlemix_decode_layer", CODES[body])]
+    for got, want in zip(results["fused"], results["ops"]):
+        _close(got, want)
+
+
+def test_decode_layer_declines_what_it_cannot_run(ops):
+    x = paddle.ones([17, 1, 8])  # more rows than the small-batch product takes
+    cache = paddle.zeros([17, 1, 4, 8])
+    assert kernels.decode_layer(x, x, x, cache, cache, 1, 1, 1, None, [paddle.ones([8])] * 2, [None] * 4, 1e-6) is None
+    with kernels.only_fast_paths():
+        assert kernels.decode_layer(x[:1], x, x, cache, cache, 1, 1, 1, None, [paddle.ones([8])] * 2, [None] * 4,
+                                    1e-6) is None

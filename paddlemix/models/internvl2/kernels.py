@@ -254,6 +254,26 @@ def cached_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask=No
     return out.reshape([batch, steps, heads * dim])
 
 
+def decode_layer(x, cos, sin, keys, values, past, heads, kv_heads, mask, norms, projections, eps):
+    """One decoding step of a whole decoder layer in one C++ call on CPU, or None where it cannot run.
+
+    x [B, 1, C] (B <= LOWP_MAX_ROWS); cos/sin, keys/values, past and mask as in `cached_attention`;
+    `norms`: the two RMSNorm weights; `projections`: (weight [out, in] bf16 or int8, int8 scale or
+    None, bias or None) for q/k/v, o, gate/up and down. Returns the layer's output, the same numbers
+    as norm, attention, residual, norm, SwiGLU MLP and residual op by op (summation order aside).
+    """
+    module = _native_for(x)
+    if (module is None or not hasattr(module, "paddlemix_decode_layer") or x.shape[0] > LOWP_MAX_ROWS
+            or keys.dtype != paddle.float32 or any(n.dtype != paddle.float32 for n in norms) or _needs_grad(*norms)):
+        return None
+    params = list(norms)
+    for weight, scale, bias in projections:
+        params += [weight, _no_bias() if scale is None else scale, _no_bias() if bias is None else bias]
+    mask = _empty_bool() if mask is None else mask.expand([x.shape[0], 1, 1, past + 1]).contiguous()
+    return module.paddlemix_decode_layer(x.contiguous(), cos.contiguous(), sin.contiguous(), keys, values, mask,
+                                         params, float(eps), heads, kv_heads, past, native_isa()[1])[0]
+
+
 def packed_attention(qkv, heads):
     """Unmasked attention (InternViT) over the packed projection qkv [B, L, 3 C] ([q | k | v]), [B, L, C] out."""
     batch, length, width = qkv.shape

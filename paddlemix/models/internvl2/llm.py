@@ -16,8 +16,9 @@ from paddle import nn
 from paddle.distributed.fleet.utils import recompute
 
 from .config import rope_type
-from .kernels import (Linear, add_rms_norm, apply_rotary, cached_attention, causal_attention, grouped_attention,
-                      rms_norm, swiglu)
+from .kernels import (Linear, add_rms_norm, apply_rotary, cached_attention, causal_attention, decode_layer,
+                      grouped_attention, rms_norm, swiglu)
+from .quant import lowp_parts
 
 
 class RMSNorm(nn.Layer):
@@ -301,9 +302,27 @@ class DecoderLayer(nn.Layer):
         self.mlp = MLP(config)
 
     def forward(self, hidden, cos, sin, mask, cache=None, layer_index=0):
+        if cache is not None and cache.length and hidden.shape[1] == 1:
+            stepped = self._decode_step(hidden, cos, sin, mask, cache, layer_index)
+            if stepped is not None:
+                return stepped
         attended = self.self_attn(self.input_layernorm(hidden), cos, sin, mask, cache, layer_index)
         normed, hidden = self.post_attention_layernorm.add_and_norm(attended, hidden)
         return hidden + self.mlp(normed)
+
+    def _decode_step(self, hidden, cos, sin, mask, cache, layer_index):
+        """The layer for one new token per row in one C++ call (kernels.decode_layer), or None: then op by op.
+
+        Only for weights the CPU kernels multiply (bf16 or int8 on CPU, not float32 or adapted layers).
+        """
+        attn, mlp = self.self_attn, self.mlp
+        projections = [lowp_parts(layer) for layer in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
+        if any(parts is None for parts in projections):
+            return None
+        keys, values = cache.buffers(layer_index, hidden.place, 1)
+        norms = (self.input_layernorm.weight, self.post_attention_layernorm.weight)
+        return decode_layer(hidden, cos, sin, keys, values, cache.length, attn.num_heads, attn.num_kv_heads, mask,
+                            norms, projections, self.input_layernorm.eps)
 
 
 def build_attention_mask(attention_mask, query_length, past_length, window=None):

@@ -109,6 +109,15 @@ class WeightOnlyInt8Linear(nn.Layer):
         return lowp_linear(x, self.weight_int8, self.weight_scale, bias=self.bias)
 
 
+def lowp_parts(layer):
+    """(weight [out, in], int8 scale or None, bias or None) of a layer run by the CPU kernels, else None."""
+    if isinstance(layer, Bf16Linear):
+        return layer.weight, None, layer.bias
+    if isinstance(layer, WeightOnlyInt8Linear) and not layer.on_gpu:
+        return layer.weight_int8, layer.weight_scale, layer.bias
+    return None
+
+
 def quantize_language_model(language_model, method):
     """Swap every Linear layer of the decoder stack for its `method` version, in place."""
     check_method(method)

@@ -518,6 +518,39 @@ void softmax_row(int isa, const float* x, float* out, int64_t n, float scale) {
   softmax_row_plain(x, out, n, scale);
 }
 
+// RMSNorm of one row (see rms_norm_row_avx512) by the body `isa` names.
+void rms_norm_row(int isa, const float* x, const float* residual, const float* w, float eps, float* out, float* sum,
+                  int64_t n) {
+#ifdef PADDLEMIX_X86
+  if (isa == kAvx512) return rms_norm_row_avx512(x, residual, w, eps, out, sum, n);
+  if (isa == kAvx2) return rms_norm_row_avx2(x, residual, w, eps, out, sum, n);
+#endif
+  rms_norm_row_plain(x, residual, w, eps, out, sum, n);
+}
+
+// silu(gate) * up of one row by the body `isa` names.
+void swiglu_row(int isa, const float* gate, const float* up, float* out, int64_t n) {
+#ifdef PADDLEMIX_X86
+  if (isa == kAvx512) return swiglu_avx512(gate, up, out, n);
+  if (isa == kAvx2) return swiglu_avx2(gate, up, out, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.f + exp_plain(-gate[i])) * up[i];
+}
+
+// out [rows, N] = x [rows, K] times a bf16, or int8 with `scale` [N], weight [N, K], plus `bias` (empty: none).
+void project(const float* x, int64_t rows, const paddle::Tensor& w, const paddle::Tensor& scale,
+             const paddle::Tensor& bias, float* out, int isa) {
+  const int64_t n_dim = w.shape()[0], k_dim = w.shape()[1];
+  const float* bias_data = bias.numel() ? bias.data<float>() : nullptr;
+  if (w.dtype() == paddle::DataType::BFLOAT16) {
+    product(x, rows, k_dim, reinterpret_cast<const uint16_t*>(w.data<paddle::bfloat16>()), nullptr, bias_data, out,
+            n_dim, isa);
+  } else {
+    PD_CHECK(w.dtype() == paddle::DataType::INT8 && scale.numel() == n_dim, "int8 weights need a scale per output");
+    product(x, rows, k_dim, w.data<int8_t>(), scale.data<float>(), bias_data, out, n_dim, isa);
+  }
+}
+
 paddle::Tensor float32_like(const paddle::Tensor& x, const char* what) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, what, " takes a float32 CPU tensor");
   return paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
@@ -626,21 +659,7 @@ std::vector<paddle::Tensor> Swiglu(const paddle::Tensor& x, int isa) {
   const float* in = x.data<float>();
   float* dst = out.data<float>();
 #pragma omp parallel for schedule(static) if (rows * n > (1 << 16))
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *gate = in + r * 2 * n, *up = gate + n;
-    float* o = dst + r * n;
-#ifdef PADDLEMIX_X86
-    if (isa == kAvx512) {
-      swiglu_avx512(gate, up, o, n);
-      continue;
-    }
-    if (isa == kAvx2) {
-      swiglu_avx2(gate, up, o, n);
-      continue;
-    }
-#endif
-    for (int64_t i = 0; i < n; ++i) o[i] = gate[i] / (1.f + exp_plain(-gate[i])) * up[i];
-  }
+  for (int64_t r = 0; r < rows; ++r) swiglu_row(isa, in + r * 2 * n, in + r * 2 * n + n, dst + r * n, n);
   return {out};
 }
 
@@ -1069,6 +1088,10 @@ PD_BUILD_OP(paddlemix_prefill_attention)
 // `past` of the caches (in place), then each query head attends over positions 0..past of its KV
 // head. A key mask [B, 1, 1, past + 1] (bool, true = attend: padding, a window) gives the others the
 // score -1e30, as the plain ops do. Out [B, 1, H D]. Threads split the (row, KV head) pairs.
+void decode_attention_rows(const float* qd, const float* cd, const float* sd, float* kd, float* vd, const bool* md,
+                           int64_t batch, int64_t length, int64_t dim, int64_t heads, int64_t kv_heads, int64_t past,
+                           int isa, float* od);
+
 paddle::Tensor decode_attention(const paddle::Tensor& qkv, const paddle::Tensor& cos, const paddle::Tensor& sin,
                                 paddle::Tensor& k_cache, paddle::Tensor& v_cache, const paddle::Tensor* mask,
                                 int heads, int kv_heads, int past, int isa) {
@@ -1086,10 +1109,18 @@ paddle::Tensor decode_attention(const paddle::Tensor& qkv, const paddle::Tensor&
   PD_CHECK(past >= 0 && past < length, "the cache is full");
   PD_CHECK(!mask || (mask->dtype() == paddle::DataType::BOOL && mask->numel() == batch * (past + 1)),
            "the mask must be bool [B, 1, 1, past + 1]");
-  const bool* md = mask ? mask->data<bool>() : nullptr;
   auto out = paddle::empty({batch, 1, heads * dim}, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  const float *qd = qkv.data<float>(), *cd = cos.data<float>(), *sd = sin.data<float>();
-  float *kd = k_cache.data<float>(), *vd = v_cache.data<float>(), *od = out.data<float>();
+  decode_attention_rows(qkv.data<float>(), cos.data<float>(), sin.data<float>(), k_cache.data<float>(),
+                        v_cache.data<float>(), mask ? mask->data<bool>() : nullptr, batch, length, dim, heads,
+                        kv_heads, past, isa, out.data<float>());
+  return out;
+}
+
+// The attention of decode_attention on raw rows: qkv [B, (H + 2 KV) D], cos/sin [B, D], caches
+// [B, KV, L, D], mask [B, past + 1] or null; out [B, H D].
+void decode_attention_rows(const float* qd, const float* cd, const float* sd, float* kd, float* vd, const bool* md,
+                           int64_t batch, int64_t length, int64_t dim, int64_t heads, int64_t kv_heads, int64_t past,
+                           int isa, float* od) {
   const int64_t groups = heads / kv_heads, half = dim / 2, keys = past + 1;
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
   auto rotate = [&](const float* x, const float* c, const float* s, float* y) {
@@ -1127,7 +1158,6 @@ paddle::Tensor decode_attention(const paddle::Tensor& qkv, const paddle::Tensor&
       }
     }
   }
-  return out;
 }
 
 std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
@@ -1200,19 +1230,7 @@ std::vector<paddle::Tensor> rms_norm_rows(const paddle::Tensor& x, const paddle:
   float *od = out.data<float>(), *sd = residual ? sum.data<float>() : nullptr;
 #pragma omp parallel for schedule(static) if (rows > 16)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* res = rd ? rd + r * n : nullptr;
-    float* row_sum = sd ? sd + r * n : nullptr;
-#ifdef PADDLEMIX_X86
-    if (isa == kAvx512) {
-      rms_norm_row_avx512(xd + r * n, res, wd, eps, od + r * n, row_sum, n);
-      continue;
-    }
-    if (isa == kAvx2) {
-      rms_norm_row_avx2(xd + r * n, res, wd, eps, od + r * n, row_sum, n);
-      continue;
-    }
-#endif
-    rms_norm_row_plain(xd + r * n, res, wd, eps, od + r * n, row_sum, n);
+    rms_norm_row(isa, xd + r * n, rd ? rd + r * n : nullptr, wd, eps, od + r * n, sd ? sd + r * n : nullptr, n);
   }
   if (residual) return {out, sum};
   return {out};
@@ -1255,3 +1273,82 @@ PD_BUILD_OP(paddlemix_add_rms_norm)
     .SetKernelFn(PD_KERNEL(AddRmsNorm))
     .SetInferShapeFn(PD_INFER_SHAPE(AddRmsNormShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(AddRmsNormDtype));
+
+// One decoding step of a whole decoder layer for up to 16 rows (a new token each), in place of ~11
+// eager ops and their per-call overhead:
+//   h = x + o(attention(qkv(rms_norm_1(x))));  out = h + down(swiglu(gate_up(rms_norm_2(h)))),
+// the attention as in decode_attention (RoPE, the cache write in place, an optional key mask
+// [B, 1, 1, past + 1]; empty: none). `params`: the two norm weights, then for q/k/v, o, gate/up and
+// down each a bf16 or int8 [out, in] weight, its int8 scale and its bias (empty tensors: none).
+std::vector<paddle::Tensor> DecodeLayer(const paddle::Tensor& x, const paddle::Tensor& cos, const paddle::Tensor& sin,
+                                        paddle::Tensor& k_cache, paddle::Tensor& v_cache, const paddle::Tensor& mask,
+                                        const std::vector<paddle::Tensor>& params, float eps, int heads, int kv_heads,
+                                        int past, int isa) {
+  check_isa(isa);
+  PD_CHECK(params.size() == 14, "decode_layer takes 2 norm weights and 4 x (weight, scale, bias)");
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 3 && x.shape()[1] == 1,
+           "x must be float32 [B, 1, C]");
+  PD_CHECK(k_cache.dtype() == paddle::DataType::FLOAT32 && k_cache.shape().size() == 4 &&
+               k_cache.shape() == v_cache.shape(), "the caches must be float32 [B, KV, L, D]");
+  const int64_t batch = x.shape()[0], hidden = x.shape()[2], length = k_cache.shape()[2], dim = k_cache.shape()[3];
+  const paddle::Tensor &qkv_w = params[2], &o_w = params[5], &gate_up_w = params[8], &down_w = params[11];
+  const int64_t qkv_n = (heads + 2 * kv_heads) * dim, inner = gate_up_w.shape()[0] / 2;
+  PD_CHECK(batch == k_cache.shape()[0] && kv_heads == k_cache.shape()[1] && past >= 0 && past < length,
+           "the cache does not match x, or it is full");
+  PD_CHECK(qkv_w.shape() == std::vector<int64_t>({qkv_n, hidden}) &&
+               o_w.shape() == std::vector<int64_t>({hidden, heads * dim}) && gate_up_w.shape()[1] == hidden &&
+               down_w.shape() == std::vector<int64_t>({hidden, inner}),
+           "the weights do not match the layer's shapes");
+  PD_CHECK(cos.numel() == batch * dim && sin.numel() == batch * dim, "cos and sin must be [B, 1, D]");
+  PD_CHECK(mask.numel() == 0 || (mask.dtype() == paddle::DataType::BOOL && mask.numel() == batch * (past + 1)),
+           "the mask must be bool [B, 1, 1, past + 1], or empty");
+  for (int i = 0; i < 2; ++i) {
+    PD_CHECK(params[i].dtype() == paddle::DataType::FLOAT32 && params[i].numel() == hidden,
+             "the norm weights must be float32 [C]");
+  }
+  auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  std::vector<float> normed(batch * hidden), qkv(batch * qkv_n), attended(batch * heads * dim),
+      residual(batch * hidden), gate_up(batch * 2 * inner), act(batch * inner), projected(batch * hidden);
+  const float *xd = x.data<float>(), *norm1 = params[0].data<float>(), *norm2 = params[1].data<float>();
+  for (int64_t b = 0; b < batch; ++b)
+    rms_norm_row(isa, xd + b * hidden, nullptr, norm1, eps, normed.data() + b * hidden, nullptr, hidden);
+  project(normed.data(), batch, qkv_w, params[3], params[4], qkv.data(), isa);
+  decode_attention_rows(qkv.data(), cos.data<float>(), sin.data<float>(), k_cache.data<float>(), v_cache.data<float>(),
+                        mask.numel() ? mask.data<bool>() : nullptr, batch, length, dim, heads, kv_heads, past, isa,
+                        attended.data());
+  project(attended.data(), batch, o_w, params[6], params[7], projected.data(), isa);
+  for (int64_t b = 0; b < batch; ++b)  // h = attention + x, then its norm
+    rms_norm_row(isa, projected.data() + b * hidden, xd + b * hidden, norm2, eps, normed.data() + b * hidden,
+                 residual.data() + b * hidden, hidden);
+  project(normed.data(), batch, gate_up_w, params[9], params[10], gate_up.data(), isa);
+  for (int64_t b = 0; b < batch; ++b)
+    swiglu_row(isa, gate_up.data() + b * 2 * inner, gate_up.data() + b * 2 * inner + inner, act.data() + b * inner,
+               inner);
+  project(act.data(), batch, down_w, params[12], params[13], projected.data(), isa);
+  float* od = out.data<float>();
+  for (int64_t i = 0; i < batch * hidden; ++i) od[i] = residual[i] + projected[i];
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> DecodeLayerShape(const std::vector<int64_t>& x_shape, const std::vector<int64_t>&,
+                                                   const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                   const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                   const std::vector<std::vector<int64_t>>&, float, int, int, int,
+                                                   int) {
+  return {x_shape};
+}
+std::vector<paddle::DataType> DecodeLayerDtype(const paddle::DataType& x_dtype, const paddle::DataType&,
+                                               const paddle::DataType&, const paddle::DataType&,
+                                               const paddle::DataType&, const paddle::DataType&,
+                                               const std::vector<paddle::DataType>&) {
+  return {x_dtype};
+}
+
+PD_BUILD_OP(paddlemix_decode_layer)
+    .Inputs({"X", "Cos", "Sin", "KCache", "VCache", "Mask", paddle::Vec("Params")})
+    .Outputs({"Out", "KCacheOut", "VCacheOut"})
+    .SetInplaceMap({{"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
+    .Attrs({"eps: float", "heads: int", "kv_heads: int", "past: int", "isa: int"})
+    .SetKernelFn(PD_KERNEL(DecodeLayer))
+    .SetInferShapeFn(PD_INFER_SHAPE(DecodeLayerShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(DecodeLayerDtype));
