@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import sys
 from types import SimpleNamespace
 
@@ -165,6 +166,23 @@ def test_stage3_export_gathers_the_frozen_slices_too():
         assert calls == expected, sharding
 
 
+def _processes_mentioning(text, grace=5.0):
+    """Pids of live processes whose command line contains `text`, after up to `grace` seconds to exit."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:  # it exited meanwhile
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_the_shipped_script_runs_on_two_cpu_processes(tiny, meta, tmp_path, mode):  # noqa: F811
     """The 2B script as users start it, with DEVICE=cpu: the official arguments (dynamic tiles up
@@ -178,6 +196,7 @@ def test_the_shipped_script_runs_on_two_cpu_processes(tiny, meta, tmp_path, mode
                           text=True, timeout=900, env=env, cwd=REPO_ROOT)
     log = (out / "launch_logs" / "workerlog.0").read_text(errors="replace")
     assert proc.returncode == 0, log[-3000:]
+    assert _processes_mentioning(str(out)) == [], "the run left processes behind (data loader workers?)"
     summary, command = proc.stdout.splitlines()[:2]
     assert summary.endswith("2 cpu(s) x 1 per device x 2 accumulation = global batch 4")
     assert "-m paddle.distributed.launch --nproc_per_node 2 " in command
