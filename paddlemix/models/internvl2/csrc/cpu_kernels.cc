@@ -1,8 +1,13 @@
-// This project's CPU kernels, where Paddle's eager CPU kernels are the limit:
+// This project's CPU kernels, where Paddle's eager CPU kernels are the limit (kernels.py picks them):
 // * products of a few float32 rows with a bfloat16 or int8 weight kept in the checkpoint's
 //   [out, in] layout (decoding is bound by the weight bytes read per token, so each weight row is
 //   read once for all rows and widened in registers: bf16 -> fp32 is a 16-bit shift, int8 is scaled
-//   per output row after the dot product); threads split the output features;
+//   per output row after the dot product); threads split the output features; with MKL, a bf16
+//   GEMM for many rows (prefill, the ViT);
+// * the decoder's attention over the KV cache (RoPE, the cache write, grouped-query attention) for
+//   a decoded token and for a prefill, and a whole decoder layer for a decoding step;
+// * RMSNorm (also after a residual add) and SwiGLU; InternViT's attention on the packed qkv and its
+//   layer-scaled residual with the next LayerNorm;
 // * the row softmax of scale * x (attention) and the exact erf GELU, with a vectorised exp.
 // The AVX-512 and AVX2+FMA bodies are compiled with function target attributes, so this file builds
 // with the baseline flags; Python picks the body from the CPU's features (`isa`).
