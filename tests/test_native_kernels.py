@@ -230,8 +230,7 @@ def test_attention_equals_the_plain_ops(ops, body, shape):
 def test_cached_attention_equals_the_plain_ops_and_writes_only_its_cache_positions(
         ops, body, batch, heads, kv_heads, dim, past, steps, masked, monkeypatch):
     _body_or_skip(body)
-    name = ("paddlemix_prefill_attention" if steps > 1 else
-            "paddlemix_masked_decode_attention" if masked else "paddlemix_decode_attention")
+    name = "paddlemix_prefill_attention" if steps > 1 else "paddlemix_decode_attention"
     if not hasattr(ops, name):
         pytest.skip("this Paddle wheel ships no MKL BLAS, which the prefill attention uses")
     calls = _record_calls(monkeypatch, ops, name)

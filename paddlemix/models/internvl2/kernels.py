@@ -226,18 +226,13 @@ def cached_attention(qkv, cos, sin, keys, values, past, heads, kv_heads, mask=No
     """
     module = _native_for(qkv)
     batch, steps, dim = qkv.shape[0], qkv.shape[1], keys.shape[-1]
-    if module is not None and keys.dtype == paddle.float32 and hasattr(module, "paddlemix_masked_decode_attention"):
-        args = (qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values)
-        code = native_isa()[1]
-        if mask is not None:  # a window without padding comes as one [1, 1, T, S] mask for every row
-            mask = mask.expand([batch, 1, steps, past + steps]).contiguous()
-        if steps == 1 and mask is None:
-            return module.paddlemix_decode_attention(*args, heads, kv_heads, past, code)[0]
-        if steps == 1:
-            return module.paddlemix_masked_decode_attention(*args, mask, heads, kv_heads, past, code)[0]
-        if hasattr(module, "paddlemix_prefill_attention"):
-            mask = _empty_bool() if mask is None else mask
-            return module.paddlemix_prefill_attention(*args, mask, heads, kv_heads, past, code)[0]
+    name = "paddlemix_decode_attention" if steps == 1 else "paddlemix_prefill_attention"  # the prefill needs MKL
+    op = None if module is None else getattr(module, name, None)
+    if op is not None and keys.dtype == paddle.float32:
+        # A window without padding comes as one [1, 1, T, S] mask for every row; empty means causal only.
+        mask = _empty_bool() if mask is None else mask.expand([batch, 1, steps, past + steps]).contiguous()
+        return op(qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values, mask, heads, kv_heads, past,
+                  native_isa()[1])[0]
     qkv = qkv.reshape([batch, steps, heads + 2 * kv_heads, dim])
     qk, v = paddle.split(qkv, [heads + kv_heads, kv_heads], axis=2)
     q, k = paddle.split(apply_rotary(qk, cos, sin), [heads, kv_heads], axis=2)
@@ -418,7 +413,7 @@ def _no_bias():
 
 
 def _empty_bool():
-    """The C++ prefill attention's "no mask" (causal only)."""
+    """The C++ attention's "no mask" (causal only)."""
     if "mask" not in _empty:
         _empty["mask"] = paddle.zeros([0], dtype="bool", device="cpu")
     return _empty["mask"]

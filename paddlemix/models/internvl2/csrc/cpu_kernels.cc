@@ -36,7 +36,6 @@ constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 namespace {
 
 enum Isa { kPlain = 0, kAvx2 = 1, kAvx512 = 2 };
-enum WeightKind { kBf16 = 0, kInt8 = 1 };
 
 inline float widen(uint16_t bits) {
   const uint32_t wide = static_cast<uint32_t>(bits) << 16;
@@ -46,13 +45,13 @@ inline float widen(uint16_t bits) {
 }
 inline float widen(int8_t value) { return static_cast<float>(value); }
 
-// out[r, n] for rows [0, rows) and outputs [n_begin, n_end), one scalar at a time.
 // The finished output: the dot product, times the int8 scale, plus the bias (either may be absent).
 inline float finish(float sum, const float* scale, const float* bias, int64_t n) {
   if (scale) sum *= scale[n];
   return bias ? sum + bias[n] : sum;
 }
 
+// out[r, n] for rows [0, rows) and outputs [n_begin, n_end), one scalar at a time.
 template <typename W>
 void plain_block(const float* x, int64_t rows, int64_t k_dim, const W* w, const float* scale, const float* bias,
                  float* out, int64_t n_dim, int64_t n_begin, int64_t n_end) {
@@ -281,30 +280,6 @@ std::vector<int64_t> out_shape(const std::vector<int64_t>& x_shape, const std::v
   shape.push_back(w_shape[0]);
   return shape;
 }
-
-// `bias` [N] is added to the outputs; an empty one means no bias.
-paddle::Tensor run(const paddle::Tensor& x, const paddle::Tensor& w, const float* scale, const paddle::Tensor& bias,
-                   int kind, int isa) {
-  check_isa(isa);
-  PD_CHECK(x.is_cpu() && w.is_cpu(), "lowp_linear runs on CPU tensors");
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "x must be float32");
-  PD_CHECK(w.shape().size() == 2 && x.shape().back() == w.shape()[1], "x [..., K] needs a weight [N, K]");
-  const int64_t k_dim = w.shape()[1], n_dim = w.shape()[0], rows = k_dim ? x.numel() / k_dim : 0;
-  PD_CHECK(bias.numel() == 0 || (bias.dtype() == paddle::DataType::FLOAT32 && bias.numel() == n_dim),
-           "the bias must be float32 [N], or empty for none");
-  const float* bias_data = bias.numel() ? bias.data<float>() : nullptr;
-  auto out = paddle::empty(out_shape(x.shape(), w.shape()), paddle::DataType::FLOAT32, paddle::CPUPlace());
-  if (kind == kBf16) {
-    PD_CHECK(w.dtype() == paddle::DataType::BFLOAT16, "the weight must be bfloat16");
-    product(x.data<float>(), rows, k_dim, reinterpret_cast<const uint16_t*>(w.data<paddle::bfloat16>()), scale,
-            bias_data, out.data<float>(), n_dim, isa);
-  } else {
-    PD_CHECK(w.dtype() == paddle::DataType::INT8, "the weight must be int8");
-    product(x.data<float>(), rows, k_dim, w.data<int8_t>(), scale, bias_data, out.data<float>(), n_dim, isa);
-  }
-  return out;
-}
-
 
 // ---- row softmax of scale * x and exact (erf) GELU -------------------------------------------------
 // exp: Cephes' polynomial on x - n ln2, times 2^n; inputs below kExpLow give 0 (masked scores).
@@ -542,17 +517,44 @@ void swiglu_row(int isa, const float* gate, const float* up, float* out, int64_t
   for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.f + exp_plain(-gate[i])) * up[i];
 }
 
-// out [rows, N] = x [rows, K] times a bf16, or int8 with `scale` [N], weight [N, K], plus `bias` (empty: none).
-void project(const float* x, int64_t rows, const paddle::Tensor& w, const paddle::Tensor& scale,
-             const paddle::Tensor& bias, float* out, int isa) {
+// out [rows, N] = x [rows, K] times a bf16 weight, or an int8 one with `scale` [N], [N, K], plus `bias`
+// [N] (null: none).
+void project(const float* x, int64_t rows, const paddle::Tensor& w, const float* scale, const float* bias, float* out,
+             int isa) {
   const int64_t n_dim = w.shape()[0], k_dim = w.shape()[1];
-  const float* bias_data = bias.numel() ? bias.data<float>() : nullptr;
   if (w.dtype() == paddle::DataType::BFLOAT16) {
-    product(x, rows, k_dim, reinterpret_cast<const uint16_t*>(w.data<paddle::bfloat16>()), nullptr, bias_data, out,
-            n_dim, isa);
+    product(x, rows, k_dim, reinterpret_cast<const uint16_t*>(w.data<paddle::bfloat16>()), nullptr, bias, out, n_dim,
+            isa);
   } else {
-    PD_CHECK(w.dtype() == paddle::DataType::INT8 && scale.numel() == n_dim, "int8 weights need a scale per output");
-    product(x, rows, k_dim, w.data<int8_t>(), scale.data<float>(), bias_data, out, n_dim, isa);
+    PD_CHECK(w.dtype() == paddle::DataType::INT8 && scale, "the weight must be bfloat16, or int8 with a scale");
+    product(x, rows, k_dim, w.data<int8_t>(), scale, bias, out, n_dim, isa);
+  }
+}
+
+// The float data of an optional input: empty means none.
+const float* data_or_null(const paddle::Tensor& t) { return t.numel() ? t.data<float>() : nullptr; }
+
+// x [..., K] times the weight [N, K] (see `project`); `bias` [N], or empty for none.
+paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& w, const float* scale, const paddle::Tensor& bias,
+                      int isa) {
+  check_isa(isa);
+  PD_CHECK(x.is_cpu() && w.is_cpu(), "lowp_linear runs on CPU tensors");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "x must be float32");
+  PD_CHECK(w.shape().size() == 2 && x.shape().back() == w.shape()[1], "x [..., K] needs a weight [N, K]");
+  const int64_t k_dim = w.shape()[1], n_dim = w.shape()[0], rows = k_dim ? x.numel() / k_dim : 0;
+  PD_CHECK(bias.numel() == 0 || (bias.dtype() == paddle::DataType::FLOAT32 && bias.numel() == n_dim),
+           "the bias must be float32 [N], or empty for none");
+  auto out = paddle::empty(out_shape(x.shape(), w.shape()), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  project(x.data<float>(), rows, w, scale, data_or_null(bias), out.data<float>(), isa);
+  return out;
+}
+
+// Rotate-half RoPE of one head vector x [D] into y with that position's cos/sin [D].
+inline void rotate_half(const float* x, const float* c, const float* s, float* y, int64_t dim) {
+  const int64_t half = dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    y[i] = x[i] * c[i] - x[i + half] * s[i];
+    y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
   }
 }
 
@@ -565,14 +567,16 @@ paddle::Tensor float32_like(const paddle::Tensor& x, const char* what) {
 
 std::vector<paddle::Tensor> Bf16Linear(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& bias,
                                        int isa) {
-  return {run(x, w, nullptr, bias, kBf16, isa)};
+  PD_CHECK(w.dtype() == paddle::DataType::BFLOAT16, "the weight must be bfloat16");
+  return {linear(x, w, nullptr, bias, isa)};
 }
 
 std::vector<paddle::Tensor> Int8Linear(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& scale,
                                        const paddle::Tensor& bias, int isa) {
   PD_CHECK(scale.dtype() == paddle::DataType::FLOAT32 && scale.numel() == w.shape()[0],
            "scale must be float32 with one value per output feature");
-  return {run(x, w, scale.data<float>(), bias, kInt8, isa)};
+  PD_CHECK(w.dtype() == paddle::DataType::INT8, "the weight must be int8");
+  return {linear(x, w, scale.data<float>(), bias, isa)};
 }
 
 std::vector<std::vector<int64_t>> LinearShape2(const std::vector<int64_t>& x_shape,
@@ -1009,14 +1013,9 @@ std::vector<paddle::Tensor> PrefillAttention(const paddle::Tensor& qkv, const pa
   const float *qd = qkv.data<float>(), *cd = cos.data<float>(), *sd = sin.data<float>();
   const bool* md = mask.numel() ? mask.data<bool>() : nullptr;
   float *kd = k_cache.data<float>(), *vd = v_cache.data<float>(), *od = out.data<float>();
-  const int64_t groups = heads / kv_heads, half = dim / 2;
+  const int64_t groups = heads / kv_heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
-  auto rotate = [&](const float* x, const float* c, const float* s, float* y) {
-    for (int64_t i = 0; i < half; ++i) {
-      y[i] = x[i] * c[i] - x[i + half] * s[i];
-      y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
-    }
-  };
+  auto rotate = [dim](const float* x, const float* c, const float* s, float* y) { rotate_half(x, c, s, y, dim); };
 #pragma omp parallel for schedule(static)
   for (int64_t task = 0; task < batch * kv_heads * steps; ++task) {
     const int64_t b = task / (kv_heads * steps), g = task / steps % kv_heads, t = task % steps;
@@ -1091,15 +1090,16 @@ PD_BUILD_OP(paddlemix_prefill_attention)
 // qkv [B, 1, (H + 2 KV) D] (the fused projection's output), cos/sin [B, 1, D]; the caches
 // [B, KV, L, D] hold `past` positions. RoPE (rotate-half) on q and k, k and v written at position
 // `past` of the caches (in place), then each query head attends over positions 0..past of its KV
-// head. A key mask [B, 1, 1, past + 1] (bool, true = attend: padding, a window) gives the others the
-// score -1e30, as the plain ops do. Out [B, 1, H D]. Threads split the (row, KV head) pairs.
+// head. A key mask [B, 1, 1, past + 1] (bool, true = attend: padding, a window; empty: none) gives the
+// others the score -1e30, as the plain ops do. Out [B, 1, H D]. Threads split the (row, KV head) pairs.
 void decode_attention_rows(const float* qd, const float* cd, const float* sd, float* kd, float* vd, const bool* md,
                            int64_t batch, int64_t length, int64_t dim, int64_t heads, int64_t kv_heads, int64_t past,
                            int isa, float* od);
 
-paddle::Tensor decode_attention(const paddle::Tensor& qkv, const paddle::Tensor& cos, const paddle::Tensor& sin,
-                                paddle::Tensor& k_cache, paddle::Tensor& v_cache, const paddle::Tensor* mask,
-                                int heads, int kv_heads, int past, int isa) {
+std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
+                                            const paddle::Tensor& sin, paddle::Tensor& k_cache,
+                                            paddle::Tensor& v_cache, const paddle::Tensor& mask, int heads,
+                                            int kv_heads, int past, int isa) {
   check_isa(isa);
   const paddle::Tensor* inputs[] = {&qkv, &cos, &sin, &k_cache, &v_cache};
   for (const paddle::Tensor* t : inputs) {
@@ -1112,13 +1112,13 @@ paddle::Tensor decode_attention(const paddle::Tensor& qkv, const paddle::Tensor&
                qkv.shape()[2] == (heads + 2 * kv_heads) * dim, "qkv must be [B, 1, (H + 2 KV) D]");
   PD_CHECK(cos.numel() == batch * dim && sin.numel() == batch * dim, "cos and sin must be [B, 1, D]");
   PD_CHECK(past >= 0 && past < length, "the cache is full");
-  PD_CHECK(!mask || (mask->dtype() == paddle::DataType::BOOL && mask->numel() == batch * (past + 1)),
-           "the mask must be bool [B, 1, 1, past + 1]");
+  PD_CHECK(mask.numel() == 0 || (mask.dtype() == paddle::DataType::BOOL && mask.numel() == batch * (past + 1)),
+           "the mask must be bool [B, 1, 1, past + 1], or empty for none");
   auto out = paddle::empty({batch, 1, heads * dim}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   decode_attention_rows(qkv.data<float>(), cos.data<float>(), sin.data<float>(), k_cache.data<float>(),
-                        v_cache.data<float>(), mask ? mask->data<bool>() : nullptr, batch, length, dim, heads,
+                        v_cache.data<float>(), mask.numel() ? mask.data<bool>() : nullptr, batch, length, dim, heads,
                         kv_heads, past, isa, out.data<float>());
-  return out;
+  return {out};
 }
 
 // The attention of decode_attention on raw rows: qkv [B, (H + 2 KV) D], cos/sin [B, D], caches
@@ -1126,14 +1126,9 @@ paddle::Tensor decode_attention(const paddle::Tensor& qkv, const paddle::Tensor&
 void decode_attention_rows(const float* qd, const float* cd, const float* sd, float* kd, float* vd, const bool* md,
                            int64_t batch, int64_t length, int64_t dim, int64_t heads, int64_t kv_heads, int64_t past,
                            int isa, float* od) {
-  const int64_t groups = heads / kv_heads, half = dim / 2, keys = past + 1;
+  const int64_t groups = heads / kv_heads, keys = past + 1;
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
-  auto rotate = [&](const float* x, const float* c, const float* s, float* y) {
-    for (int64_t i = 0; i < half; ++i) {
-      y[i] = x[i] * c[i] - x[i + half] * s[i];
-      y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
-    }
-  };
+  auto rotate = [dim](const float* x, const float* c, const float* s, float* y) { rotate_half(x, c, s, y, dim); };
 #pragma omp parallel
   {
     std::vector<float> query(dim), scores(keys);
@@ -1165,54 +1160,22 @@ void decode_attention_rows(const float* qd, const float* cd, const float* sd, fl
   }
 }
 
-std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
-                                            const paddle::Tensor& sin, paddle::Tensor& k_cache,
-                                            paddle::Tensor& v_cache, int heads, int kv_heads, int past, int isa) {
-  return {decode_attention(qkv, cos, sin, k_cache, v_cache, nullptr, heads, kv_heads, past, isa)};
-}
-std::vector<paddle::Tensor> MaskedDecodeAttention(const paddle::Tensor& qkv, const paddle::Tensor& cos,
-                                                  const paddle::Tensor& sin, paddle::Tensor& k_cache,
-                                                  paddle::Tensor& v_cache, const paddle::Tensor& mask, int heads,
-                                                  int kv_heads, int past, int isa) {
-  return {decode_attention(qkv, cos, sin, k_cache, v_cache, &mask, heads, kv_heads, past, isa)};
-}
-
 std::vector<std::vector<int64_t>> DecodeAttentionShape(const std::vector<int64_t>& qkv_shape,
                                                        const std::vector<int64_t>&, const std::vector<int64_t>&,
                                                        const std::vector<int64_t>&, const std::vector<int64_t>&,
-                                                       int heads, int kv_heads, int, int) {
+                                                       const std::vector<int64_t>&, int heads, int kv_heads, int,
+                                                       int) {
   const int64_t dim = qkv_shape[2] / (heads + 2 * kv_heads);
   return {{qkv_shape[0], 1, heads * dim}};
 }
 std::vector<paddle::DataType> DecodeAttentionDtype(const paddle::DataType& qkv_dtype, const paddle::DataType&,
                                                    const paddle::DataType&, const paddle::DataType&,
-                                                   const paddle::DataType&) {
+                                                   const paddle::DataType&, const paddle::DataType&) {
   return {qkv_dtype};
 }
-
-std::vector<std::vector<int64_t>> MaskedDecodeAttentionShape(
-    const std::vector<int64_t>& qkv_shape, const std::vector<int64_t>& cos, const std::vector<int64_t>& sin,
-    const std::vector<int64_t>& k, const std::vector<int64_t>& v, const std::vector<int64_t>&, int heads, int kv_heads,
-    int past, int isa) {
-  return DecodeAttentionShape(qkv_shape, cos, sin, k, v, heads, kv_heads, past, isa);
-}
-std::vector<paddle::DataType> MaskedDecodeAttentionDtype(const paddle::DataType& qkv_dtype, const paddle::DataType&,
-                                                         const paddle::DataType&, const paddle::DataType&,
-                                                         const paddle::DataType&, const paddle::DataType&) {
-  return {qkv_dtype};
-}
-
-PD_BUILD_OP(paddlemix_masked_decode_attention)
-    .Inputs({"QKV", "Cos", "Sin", "KCache", "VCache", "Mask"})
-    .Outputs({"Out", "KCacheOut", "VCacheOut"})
-    .SetInplaceMap({{"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
-    .Attrs({"heads: int", "kv_heads: int", "past: int", "isa: int"})
-    .SetKernelFn(PD_KERNEL(MaskedDecodeAttention))
-    .SetInferShapeFn(PD_INFER_SHAPE(MaskedDecodeAttentionShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(MaskedDecodeAttentionDtype));
 
 PD_BUILD_OP(paddlemix_decode_attention)
-    .Inputs({"QKV", "Cos", "Sin", "KCache", "VCache"})
+    .Inputs({"QKV", "Cos", "Sin", "KCache", "VCache", "Mask"})
     .Outputs({"Out", "KCacheOut", "VCacheOut"})
     .SetInplaceMap({{"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
     .Attrs({"heads: int", "kv_heads: int", "past: int", "isa: int"})
@@ -1311,25 +1274,34 @@ std::vector<paddle::Tensor> DecodeLayer(const paddle::Tensor& x, const paddle::T
     PD_CHECK(params[i].dtype() == paddle::DataType::FLOAT32 && params[i].numel() == hidden,
              "the norm weights must be float32 [C]");
   }
+  for (int i = 2; i < 14; i += 3) {
+    const int64_t n_dim = params[i].shape()[0];
+    PD_CHECK(params[i].dtype() != paddle::DataType::INT8 || params[i + 1].numel() == n_dim,
+             "int8 weights need a scale per output");
+    PD_CHECK(params[i + 2].numel() == 0 || params[i + 2].numel() == n_dim, "a bias must have one value per output");
+  }
   auto out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
   std::vector<float> normed(batch * hidden), qkv(batch * qkv_n), attended(batch * heads * dim),
       residual(batch * hidden), gate_up(batch * 2 * inner), act(batch * inner), projected(batch * hidden);
   const float *xd = x.data<float>(), *norm1 = params[0].data<float>(), *norm2 = params[1].data<float>();
   for (int64_t b = 0; b < batch; ++b)
     rms_norm_row(isa, xd + b * hidden, nullptr, norm1, eps, normed.data() + b * hidden, nullptr, hidden);
-  project(normed.data(), batch, qkv_w, params[3], params[4], qkv.data(), isa);
+  project(normed.data(), batch, qkv_w, data_or_null(params[3]), data_or_null(params[4]), qkv.data(), isa);
   decode_attention_rows(qkv.data(), cos.data<float>(), sin.data<float>(), k_cache.data<float>(), v_cache.data<float>(),
                         mask.numel() ? mask.data<bool>() : nullptr, batch, length, dim, heads, kv_heads, past, isa,
                         attended.data());
-  project(attended.data(), batch, o_w, params[6], params[7], projected.data(), isa);
+  project(attended.data(), batch, o_w, data_or_null(params[6]), data_or_null(params[7]), projected.data(),
+          isa);
   for (int64_t b = 0; b < batch; ++b)  // h = attention + x, then its norm
     rms_norm_row(isa, projected.data() + b * hidden, xd + b * hidden, norm2, eps, normed.data() + b * hidden,
                  residual.data() + b * hidden, hidden);
-  project(normed.data(), batch, gate_up_w, params[9], params[10], gate_up.data(), isa);
+  project(normed.data(), batch, gate_up_w, data_or_null(params[9]), data_or_null(params[10]), gate_up.data(),
+          isa);
   for (int64_t b = 0; b < batch; ++b)
     swiglu_row(isa, gate_up.data() + b * 2 * inner, gate_up.data() + b * 2 * inner + inner, act.data() + b * inner,
                inner);
-  project(act.data(), batch, down_w, params[12], params[13], projected.data(), isa);
+  project(act.data(), batch, down_w, data_or_null(params[12]), data_or_null(params[13]), projected.data(),
+          isa);
   float* od = out.data<float>();
   for (int64_t i = 0; i < batch * hidden; ++i) od[i] = residual[i] + projected[i];
   return {out};
