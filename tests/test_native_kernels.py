@@ -27,10 +27,17 @@ def _body_or_skip(name):
         pytest.skip(f"this CPU lacks {feature}, which the {name} body needs")
 
 
+# Set by test_without_mkl_the_decoding_step_multiplies_with_its_own_loops for the process it starts.
+WITHOUT_MKL = os.environ.get("PADDLEMIX_TEST_WITHOUT_MKL") == "1"
+
+
 @pytest.fixture(scope="module")
 def ops():
+    if WITHOUT_MKL:  # as on a wheel without MKL (aarch64): the small products' own loops
+        native._mkl_flags = lambda: ([], [])
     module = native.ops()
     assert module is not None, "the C++ kernels did not build; see the warning above"
+    assert not (WITHOUT_MKL and hasattr(module, "paddlemix_prefill_attention")), "MKL was linked after all"
     return module
 
 
@@ -409,3 +416,15 @@ def test_decode_layer_declines_what_it_cannot_run(ops):
     with kernels.only_fast_paths():
         assert kernels.decode_layer(x[:1], x, x, cache, cache, 1, 1, 1, None, [paddle.ones([8])] * 2, [None] * 4,
                                     1e-6) is None
+
+
+@pytest.mark.skipif(WITHOUT_MKL or native._mkl_flags() == ([], []), reason="this Paddle wheel ships no MKL BLAS")
+def test_without_mkl_the_decoding_step_multiplies_with_its_own_loops(tmp_path):
+    """The decoding attention's small products call MKL's sgemm where the wheel ships it, else plain
+    loops (aarch64): a build without MKL, in its own process, passes the same decoding tests."""
+    env = dict(os.environ, PADDLEMIX_TEST_WITHOUT_MKL="1", PADDLEMIX_CACHE=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "cached_attention or decode_layer"], capture_output=True, text=True, timeout=1200,
+                          env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
