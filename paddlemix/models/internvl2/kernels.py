@@ -386,7 +386,7 @@ def lowp_linear(x, weight, scale=None, bias=None, with_gelu=False):
         if rows > LOWP_MAX_ROWS and scale is None and hasattr(module, "paddlemix_bf16_gemm"):
             if bias is None:
                 out = module.paddlemix_bf16_gemm(x, weight, code)
-            elif with_gelu:  # applied to each block of rows while it is in cache
+            elif with_gelu:  # on each thread's columns right after its product
                 return module.paddlemix_bf16_gemm_bias_gelu(x, weight, bias, code)
             else:
                 out = module.paddlemix_bf16_gemm_bias(x, weight, bias, code)
