@@ -7,7 +7,8 @@ import paddle
 import pytest
 
 from paddlemix.models.internvl2 import InternVLChatModel
-from paddlemix.models.internvl2.checkpoint import CheckpointError, open_checkpoint, save_checkpoint
+from paddlemix.models.internvl2.checkpoint import (CheckpointError, as_float32, open_checkpoint, original_layout,
+                                                   save_checkpoint)
 from paddlemix.models.internvl2.config import ConfigError
 from reference import load_tool, require_asset
 
@@ -74,6 +75,31 @@ def test_tensors_stored_back_to_back_are_mapped_not_read(tmp_path):
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert not view.any()  # and the view outlives close()
     np.testing.assert_array_equal(checkpoint.get_mapped(["a.up"])[0], stacked[3:])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_slice_reads_the_rows_or_columns_of_one_tensor_in_either_layout(tmp_path, dtype):
+    """Tensor-parallel ranks read their slice only; PaddleMIX stores Linear weights [in, out]."""
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal((6, 10)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    names = ("language_model.model.layers.0.mlp.down_proj.weight", "language_model.model.layers.0.mlp.down_proj.bias")
+    save_checkpoint(str(tmp_path / "hf"), [(names[0], weight), (names[1], bias)], dtype=dtype)
+    paddle_names = [name.replace(".model.", ".qwen2.") for name in names]
+    save_checkpoint(str(tmp_path / "mix"), [(paddle_names[0], weight.T.copy()), (paddle_names[1], bias)], dtype=dtype)
+    for folder in ("hf", "mix"):
+        with open_checkpoint(str(tmp_path / folder)) as stored:
+            checkpoint = original_layout(stored)
+            whole = checkpoint.get(names[0])
+            assert whole.shape == (6, 10)
+            for axis, start, stop in ((0, 2, 5), (1, 3, 10), (1, 0, 0)):
+                array, kind = checkpoint.get_slice(names[0], axis, start, stop)
+                assert kind == {"bfloat16": "BF16", "float32": "F32"}[dtype]
+                np.testing.assert_array_equal(as_float32(array, kind),
+                                              whole[start:stop] if axis == 0 else whole[:, start:stop])
+            np.testing.assert_array_equal(as_float32(*checkpoint.get_slice(names[1], 0, 1, 4)),
+                                          checkpoint.get(names[1])[1:4])
+            with pytest.raises(CheckpointError, match="has no slice 4:7"):
+                checkpoint.get_slice(names[0], 0, 4, 7)
 
 
 def _rewrite(src, dst, drop=(), add=None):

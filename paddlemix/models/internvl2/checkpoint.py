@@ -236,6 +236,34 @@ class Checkpoint:
             offset += size
         return out, entries[0].dtype
 
+    def get_slice(self, name, axis, start, stop):
+        """(array, dtype) of rows (axis 0) or columns (axis 1) start:stop of a 2-D tensor, or of the rows of
+        a 1-D one, reading only their bytes: a tensor-parallel rank loads its slice of each weight and
+        never the whole tensor. Rows are one read; columns are copied out of a memory map of the file."""
+        entry = self._entry(name)
+        storage = _STORAGE[entry.dtype]
+        if axis not in (0, 1) or len(entry.shape) <= axis or not 0 <= start <= stop <= entry.shape[axis]:
+            raise CheckpointError(f"tensor '{name}' {list(entry.shape)} has no slice {start}:{stop} on axis {axis}")
+        row_items = int(np.prod(entry.shape[1:], dtype=np.int64))
+        if axis == 0:
+            values = np.fromfile(entry.path, dtype=storage, count=(stop - start) * row_items,
+                                 offset=entry.start + start * row_items * storage.itemsize)
+            values = values.reshape((stop - start, *entry.shape[1:]))
+        else:
+            whole, _ = self._mapped_entry(entry)
+            values = np.ascontiguousarray(whole[:, start:stop])
+        if entry.dtype not in _FLOAT_TYPES:
+            values = values.astype(values.dtype.newbyteorder("="), copy=False)
+        return values, entry.dtype
+
+    def _mapped_entry(self, entry):
+        """(view of the file's copy-on-write memory map shaped as the tensor, dtype)."""
+        if entry.path not in self._maps:
+            with open(entry.path, "rb") as f:
+                self._maps[entry.path] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), np.uint8)
+        storage = _STORAGE[entry.dtype]
+        return self._maps[entry.path][entry.start:entry.end].view(storage).reshape(entry.shape), entry.dtype
+
     def get_mapped(self, names):
         """(array, dtype) of float tensors stored back to back in one file, as a view of a memory map of
         that file; None when they are not (then read them with `get_stored_stacked`).
@@ -253,13 +281,10 @@ class Checkpoint:
                        for e in entries)
                 or any(a.end != b.start for a, b in zip(entries, entries[1:]))):
             return None
-        if first.path not in self._maps:
-            with open(first.path, "rb") as f:
-                self._maps[first.path] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY), np.uint8)
         rows = sum(e.shape[0] for e in entries) if first.shape else None
-        shape = (rows, *first.shape[1:]) if first.shape else ()
-        data = self._maps[first.path][first.start:entries[-1].end]
-        return data.view(storage).reshape(shape), first.dtype
+        span = _Entry(first.path, first.dtype, (rows, *first.shape[1:]) if first.shape else (), first.start,
+                      entries[-1].end)
+        return self._mapped_entry(span)
 
     def close(self):
         """Forgets the memory maps; arrays taken from them keep theirs alive."""
@@ -526,6 +551,14 @@ class OriginalLayoutView:
 
     def get(self, name):
         return as_float32(*self.get_stored(name))
+
+    def get_slice(self, name, axis, start, stop):
+        """As `Checkpoint.get_slice`, on the original layout: a Linear weight is stored transposed."""
+        stored = self._stored(name)
+        if self._is_linear_weight(name, self._checkpoint.shape(stored)):
+            array, kind = self._checkpoint.get_slice(stored, 1 - axis, start, stop)
+            return array.T, kind
+        return self._checkpoint.get_slice(stored, axis, start, stop)
 
 
 def original_layout(checkpoint):

@@ -124,7 +124,8 @@ class _Decoder:
     def __init__(self, language_model, inputs_embeds, attention_mask, max_new_tokens):
         batch, prompt_len, _ = inputs_embeds.shape
         self.language_model = language_model
-        self.cache = KVCache(language_model.config, batch, prompt_len + max_new_tokens, inputs_embeds.dtype)
+        self.cache = KVCache(language_model.config, batch, prompt_len + max_new_tokens, inputs_embeds.dtype,
+                             kv_heads=language_model.layers[0].self_attn.num_kv_heads)
         self.attention_mask = attention_mask
         # Left padding: positions count real tokens only, as transformers derives them from the mask.
         positions = attention_mask.cumsum(axis=-1) - 1

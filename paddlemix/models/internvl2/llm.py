@@ -224,8 +224,9 @@ class KVCache:
     (with a device map the layers sit on several GPUs).
     """
 
-    def __init__(self, config, batch_size, max_length, dtype):
-        self.shape = [batch_size, config.num_key_value_heads, max_length, config.head_dim]
+    def __init__(self, config, batch_size, max_length, dtype, kv_heads=None):
+        """`kv_heads`: the KV heads each layer holds, when not the config's (a tensor-parallel rank's share)."""
+        self.shape = [batch_size, kv_heads or config.num_key_value_heads, max_length, config.head_dim]
         self.dtype = dtype
         self.keys = [None] * config.num_hidden_layers
         self.values = [None] * config.num_hidden_layers
@@ -370,6 +371,8 @@ class LanguageModel(nn.Layer):
         self.head_device = None
         # Training only: recompute each layer's activations in backward (fine-tuning sets it).
         self.gradient_checkpointing = False
+        # This rank's place when the layers hold tensor-parallel slices (see tensor_parallel.py).
+        self.tensor_parallel = None
 
     def get_input_embeddings(self):
         return self.embed_tokens

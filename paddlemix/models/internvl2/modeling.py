@@ -22,6 +22,7 @@ from .generation import generate as generate_tokens
 from .hub import resolve_model_dir
 from .llm import LanguageModel, checkpoint_names, fuse_checkpoint_parts, split_checkpoint_parts
 from .quant import check_method as check_quant_method, keep_bf16_weights, quantize_language_model
+from .tensor_parallel import apply_tensor_parallel, checkpoint_slices, local_config
 from .vision import InternVisionModel, Projector, pixel_shuffle
 
 logger = logging.getLogger(__name__)
@@ -278,6 +279,9 @@ class InternVLChatModel(nn.Layer):
 
         `mapped`: the array may be a view of the file's memory map (see `Checkpoint.get_mapped`).
         """
+        sliced = self._sliced_stored(checkpoint, name, keys)
+        if sliced is not None:
+            return sliced
         view = checkpoint.get_mapped(keys) if mapped and hasattr(checkpoint, "get_mapped") else None
         if view is not None:
             inner = name[len("language_model."):]
@@ -295,6 +299,22 @@ class InternVLChatModel(nn.Layer):
         if name.startswith("language_model."):
             return fuse_checkpoint_parts(self.config.llm, name[len("language_model."):], arrays), kinds.pop()
         return arrays[0], kinds.pop()
+
+    def _sliced_stored(self, checkpoint, name, keys):
+        """(array, dtype) of this tensor-parallel rank's slice of a language-model parameter, read
+        without the rest of its tensors; None for parameters every rank holds whole."""
+        tp = self.language_model.tensor_parallel
+        if tp is None or not name.startswith("language_model."):
+            return None
+        inner = name[len("language_model."):]
+        slices = checkpoint_slices(self.config.llm, inner, keys, [checkpoint.shape(key) for key in keys], tp)
+        if slices is None:
+            return None
+        parts = [checkpoint.get_slice(*part) for part in slices]
+        if len({kind for _, kind in parts}) > 1:  # mixed storage dtypes: widen first, then fuse
+            parts = [(as_float32(*part), "F32") for part in parts]
+        merged = fuse_checkpoint_parts(local_config(self.config.llm, tp), inner, [array for array, _ in parts])
+        return merged, parts[0][1]
 
     def load_checkpoint(self, checkpoint, dtype="float32", device_map=None):
         """Copy every tensor from an open checkpoint, transposing Linear weights to [in, out].
@@ -384,7 +404,7 @@ class InternVLChatModel(nn.Layer):
 
     @classmethod
     def from_pretrained(cls, path_or_id, dtype=None, download_source=None, revision=None, device_map=None,
-                        quant=None, cpu_bf16_weights=None):
+                        quant=None, cpu_bf16_weights=None, tensor_parallel=None):
         """Load an InternVL checkpoint (local dir or hub id) in the original HF or the PaddleMIX layout.
 
         `device_map` spreads a large model over several GPUs: "auto" for the official
@@ -393,6 +413,8 @@ class InternVLChatModel(nn.Layer):
         `cpu_bf16_weights`: on CPU a bf16 checkpoint's Linear weights (language model and ViT) stay
         bf16 in memory and are widened inside the kernels (half the memory, faster decoding, the
         float32 numbers); None does so whenever it can, False keeps float32 parameters (to train).
+        `tensor_parallel` (a tensor_parallel.TensorParallel): this rank builds and reads only its slice
+        of the language model (see tensor_parallel.py); the ViT and mlp1 are loaded whole.
         """
         if quant is not None:
             check_quant_method(quant)
@@ -409,6 +431,10 @@ class InternVLChatModel(nn.Layer):
                 # so loading never holds a randomly initialised second copy of the model.
                 with paddle.LazyGuard():
                     model = cls(config)
+                    if tensor_parallel is not None and tensor_parallel.degree > 1:
+                        model._refuse_with_tensor_parallel(device_map, quant, cpu_bf16_weights)
+                        apply_tensor_parallel(model.language_model, tensor_parallel)
+                        cpu_bf16_weights = False
                     keep_bf16_weights(model, model._bf16_linear_layers(checkpoint, dtype, device_map,
                                                                        cpu_bf16_weights))
             finally:
@@ -419,6 +445,12 @@ class InternVLChatModel(nn.Layer):
         model.name_or_path, model.model_dir = str(path_or_id), model_dir
         model.eval()
         return model
+
+    @staticmethod
+    def _refuse_with_tensor_parallel(device_map, quant, cpu_bf16_weights):
+        for option, value in (("device_map", device_map), ("quant", quant), ("cpu_bf16_weights", cpu_bf16_weights)):
+            if value:
+                raise ValueError(f"{option}={value!r} does not combine with tensor parallelism; leave it unset")
 
     def save_pretrained(self, save_dir, dtype="bfloat16", max_shard_bytes=5 * 2 ** 30):
         """Write config.json and HF-layout safetensors that the official code (and from_pretrained) loads."""

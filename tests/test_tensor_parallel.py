@@ -1,0 +1,127 @@
+"""Tensor parallelism (tensor_parallel.py) on two CPU processes over gloo against the single-process model.
+
+Tiny checkpoints with the real structure of InternVL2-Llama3-76B (Llama-3 LLM, its vocabulary split
+over the ranks, InternViT-6B-style ViT) and InternVL2-26B (InternLM2 with its grouped wqkv; its odd
+vocabulary stays whole on every rank). tensor_parallel_worker.py runs one forward and backward with
+an image and writes what each rank holds.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from paddlemix.models.internvl2.checkpoint import open_checkpoint
+from reference import REPO_ROOT, load_tool
+
+WORKER = REPO_ROOT / "tests" / "tensor_parallel_worker.py"
+CONFIGS = REPO_ROOT / "tests" / "data" / "configs"
+TOL = 1e-5
+make_tiny = load_tool("make_tiny_checkpoint").make_tiny_checkpoint
+
+
+def _run(args, tmp_path, ranks):
+    cmd = [sys.executable, str(WORKER), *args]
+    if ranks > 1:
+        cmd[1:1] = ["-m", "paddle.distributed.launch", "--log_dir", str(tmp_path / "logs"), "--nproc_per_node",
+                    str(ranks)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    logs = "".join((tmp_path / "logs" / f"workerlog.{r}").read_text(errors="replace")[-3000:]
+                   for r in range(ranks) if (tmp_path / "logs" / f"workerlog.{r}").exists())
+    assert done.returncode == 0, logs + done.stdout[-2000:] + done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module", params=["internvl2-llama3-76b", "internvl2-26b"])
+def runs(request, tmp_path_factory):
+    """(checkpoint dir, config, single-process record, [rank records]) for one structure."""
+    root = tmp_path_factory.mktemp(request.param)
+    empty_tokenizer = root / "no-tokenizer"
+    empty_tokenizer.mkdir()
+    config = make_tiny(str(CONFIGS / f"{request.param}.json"), str(empty_tokenizer), str(root / "ckpt"),
+                       vocab_to_cover=1, shard_bytes=2**20)
+    rng = np.random.default_rng(0)
+    llm = config["llm_config"]
+    image_tokens = int((config["force_image_size"] // config["vision_config"]["patch_size"]) ** 2
+                       * config["downsample_ratio"] ** 2)
+    context = llm["vocab_size"] - 1
+    ids = rng.integers(0, llm["vocab_size"] - 1, (2, image_tokens + 20))
+    ids[:, 3:3 + image_tokens] = context
+    labels = ids.copy()
+    labels[:, :3 + image_tokens] = -100
+    mask = np.ones_like(ids)
+    mask[1, :2] = 0  # a left-padded row
+    size = config["force_image_size"]
+    np.savez(root / "inputs.npz", input_ids=ids, labels=labels, attention_mask=mask, img_context_token_id=context,
+             pixel_values=rng.standard_normal((2, 3, size, size)).astype(np.float32))
+    records = {}
+    for ranks in (1, 2):
+        out = root / f"out{ranks}"
+        out.mkdir()
+        _run([str(root / "ckpt"), str(root / "inputs.npz"), str(out)], out, ranks)
+        records[ranks] = [dict(np.load(out / f"rank{r}.npz")) for r in range(ranks)]
+    return root / "ckpt", config, records[1][0], records[2]
+
+
+def _close(got, want, what):
+    delta = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)).max()
+    scale = max(np.abs(want).max(), 1e-6)
+    assert delta / scale <= TOL, f"{what}: max |delta| {delta:.2e} (scale {scale:.2e})"
+
+
+def test_each_rank_gets_the_same_logits_and_loss_as_one_process(runs):
+    _, _, whole, ranks = runs
+    for rank in ranks:
+        _close(rank["logits"], whole["logits"], "logits")
+        _close(rank["loss"], whole["loss"], "loss")
+
+
+def test_the_gathered_parameters_and_gradients_equal_one_process(runs):
+    _, _, whole, ranks = runs
+    names = [key[len("param/"):] for key in whole if key.startswith("param/")]
+    assert names and {key for key in ranks[0] if key.startswith("param/")} == {f"param/{n}" for n in names}
+    for rank in ranks:
+        for name in names:
+            np.testing.assert_array_equal(rank["param/" + name], whole["param/" + name], err_msg=name)
+            _close(rank["grad/" + name], whole["grad/" + name], f"gradient of {name}")
+        for key in (k for k in whole if k.startswith("grad/mlp1.")):
+            _close(rank[key], whole[key], key)
+
+
+def test_each_rank_holds_exactly_its_half_of_the_checkpoint_tensors(runs):
+    ckpt, config, whole, ranks = runs
+    llm = config["llm_config"]
+    split_vocab = llm["vocab_size"] % 2 == 0
+    with open_checkpoint(str(ckpt)) as checkpoint:
+        keys = checkpoint.keys()
+        if llm["architectures"][0] == "LlamaForCausalLM":
+            q = checkpoint.get("language_model.model.layers.0.self_attn.q_proj.weight")
+            down = checkpoint.get("language_model.model.layers.0.mlp.down_proj.weight")
+            head = checkpoint.get("language_model.lm_head.weight")
+            embed = checkpoint.get("language_model.model.embed_tokens.weight")
+        else:
+            wqkv = checkpoint.get("language_model.model.layers.0.attention.wqkv.weight")
+            down = checkpoint.get("language_model.model.layers.0.feed_forward.w2.weight")
+            head = checkpoint.get("language_model.output.weight")
+            embed = checkpoint.get("language_model.model.tok_embeddings.weight")
+    assert keys
+    heads, kv, dim = llm["num_attention_heads"], llm["num_key_value_heads"], llm["hidden_size"] // llm[
+        "num_attention_heads"]
+    for r, rank in enumerate(ranks):
+        qkv = rank["local/layers.0.self_attn.qkv_proj.weight"].T  # [out, in] as stored
+        assert qkv.shape[0] == (heads + 2 * kv) * dim // 2
+        if llm["architectures"][0] == "LlamaForCausalLM":
+            half = heads * dim // 2
+            np.testing.assert_array_equal(qkv[:half], q[r * half:(r + 1) * half])
+        else:  # whole KV groups: this rank's rows of wqkv, in [Q | K | V] order
+            group_rows = wqkv.shape[0] // 2
+            mine = wqkv[r * group_rows:(r + 1) * group_rows]
+            assert sorted(map(tuple, qkv)) == sorted(map(tuple, mine))
+        inner = down.shape[1] // 2
+        np.testing.assert_array_equal(rank["local/layers.0.mlp.down_proj.weight"].T, down[:, r * inner:(r + 1) * inner])
+        vocab = embed.shape[0] // 2 if split_vocab else embed.shape[0]
+        start = r * vocab if split_vocab else 0
+        np.testing.assert_array_equal(rank["local/embed_tokens.weight"], embed[start:start + vocab])
+        np.testing.assert_array_equal(rank["local/lm_head.weight"].T, head[start:start + vocab])
+        np.testing.assert_array_equal(rank["local/norm.weight"], whole["param/norm.weight"])
