@@ -3,7 +3,7 @@
 Tiny checkpoints with the real structure of InternVL2-Llama3-76B (Llama-3 LLM, its vocabulary split
 over the ranks, InternViT-6B-style ViT) and InternVL2-26B (InternLM2 with its grouped wqkv; its odd
 vocabulary stays whole on every rank). tensor_parallel_worker.py runs one forward and backward with
-an image and writes what each rank holds.
+an image, an SGD step and the export, and writes what each rank holds.
 """
 import os
 import subprocess
@@ -34,8 +34,8 @@ def _run(args, tmp_path, ranks):
 
 
 @pytest.fixture(scope="module", params=["internvl2-llama3-76b", "internvl2-26b"])
-def runs(request, tmp_path_factory):
-    """(checkpoint dir, config, single-process record, [rank records]) for one structure."""
+def tiny(request, tmp_path_factory):
+    """(checkpoint dir, config, inputs.npz) with one structure."""
     root = tmp_path_factory.mktemp(request.param)
     empty_tokenizer = root / "no-tokenizer"
     empty_tokenizer.mkdir()
@@ -55,13 +55,21 @@ def runs(request, tmp_path_factory):
     size = config["force_image_size"]
     np.savez(root / "inputs.npz", input_ids=ids, labels=labels, attention_mask=mask, img_context_token_id=context,
              pixel_values=rng.standard_normal((2, 3, size, size)).astype(np.float32))
-    records = {}
+    return root / "ckpt", config, root / "inputs.npz"
+
+
+@pytest.fixture(scope="module", params=["full", "lora"])
+def runs(request, tiny, tmp_path_factory):
+    """(checkpoint dir, config, mode, single-process record, [rank records], {ranks: output folder})."""
+    ckpt, config, inputs = tiny
+    root = tmp_path_factory.mktemp(request.param)
+    records, folders = {}, {}
     for ranks in (1, 2):
-        out = root / f"out{ranks}"
+        out = folders[ranks] = root / f"ranks{ranks}"
         out.mkdir()
-        _run([str(root / "ckpt"), str(root / "inputs.npz"), str(out)], out, ranks)
+        _run([str(ckpt), str(inputs), str(out), request.param], out, ranks)
         records[ranks] = [dict(np.load(out / f"rank{r}.npz")) for r in range(ranks)]
-    return root / "ckpt", config, records[1][0], records[2]
+    return ckpt, config, request.param, records[1][0], records[2], folders
 
 
 def _close(got, want, what):
@@ -71,26 +79,27 @@ def _close(got, want, what):
 
 
 def test_each_rank_gets_the_same_logits_and_loss_as_one_process(runs):
-    _, _, whole, ranks = runs
+    _, _, _, whole, ranks, _ = runs
     for rank in ranks:
         _close(rank["logits"], whole["logits"], "logits")
         _close(rank["loss"], whole["loss"], "loss")
 
 
-def test_the_gathered_parameters_and_gradients_equal_one_process(runs):
-    _, _, whole, ranks = runs
+def test_the_gathered_parameters_gradients_and_step_equal_one_process(runs):
+    _, _, mode, whole, ranks, _ = runs
     names = [key[len("param/"):] for key in whole if key.startswith("param/")]
     assert names and {key for key in ranks[0] if key.startswith("param/")} == {f"param/{n}" for n in names}
     for rank in ranks:
         for name in names:
             np.testing.assert_array_equal(rank["param/" + name], whole["param/" + name], err_msg=name)
             _close(rank["grad/" + name], whole["grad/" + name], f"gradient of {name}")
+            _close(rank["stepped/" + name], whole["stepped/" + name], f"{name} after the step")
         for key in (k for k in whole if k.startswith("grad/mlp1.")):
             _close(rank[key], whole[key], key)
 
 
 def test_each_rank_holds_exactly_its_half_of_the_checkpoint_tensors(runs):
-    ckpt, config, whole, ranks = runs
+    ckpt, config, _, whole, ranks, _ = runs
     llm = config["llm_config"]
     split_vocab = llm["vocab_size"] % 2 == 0
     with open_checkpoint(str(ckpt)) as checkpoint:
@@ -124,4 +133,27 @@ def test_each_rank_holds_exactly_its_half_of_the_checkpoint_tensors(runs):
         start = r * vocab if split_vocab else 0
         np.testing.assert_array_equal(rank["local/embed_tokens.weight"], embed[start:start + vocab])
         np.testing.assert_array_equal(rank["local/lm_head.weight"].T, head[start:start + vocab])
-        np.testing.assert_array_equal(rank["local/norm.weight"], whole["param/norm.weight"])
+        np.testing.assert_array_equal(rank["local/norm.weight"], whole["local/norm.weight"])
+
+
+def _tensors(folder):
+    with open_checkpoint(str(folder)) as checkpoint:
+        return {key: checkpoint.get(key) for key in checkpoint.keys()}
+
+
+def test_the_export_is_one_whole_checkpoint_like_one_process_writes(runs):
+    ckpt, _, mode, _, _, folders = runs
+    if mode == "full":  # as loaded: the gathered tensors are the checkpoint's, bit for bit
+        single, parallel, loaded = (_tensors(folders[1] / "start"), _tensors(folders[2] / "start"),
+                                    _tensors(ckpt))
+        assert single.keys() == parallel.keys() == loaded.keys()
+        for key in loaded:
+            np.testing.assert_array_equal(parallel[key], loaded[key], err_msg=key)
+            np.testing.assert_array_equal(single[key], loaded[key], err_msg=key)
+    single, parallel = _tensors(folders[1] / "export"), _tensors(folders[2] / "export")
+    assert single.keys() == parallel.keys() and not any("lora" in key for key in single)  # merged
+    changed = 0
+    for key in single:
+        _close(parallel[key], single[key], f"exported {key}")
+        changed += not np.array_equal(single[key], _tensors(ckpt)[key]) if key.startswith("language_model.") else 0
+    assert changed  # the step reached the export

@@ -22,7 +22,7 @@ from .generation import generate as generate_tokens
 from .hub import resolve_model_dir
 from .llm import LanguageModel, checkpoint_names, fuse_checkpoint_parts, split_checkpoint_parts
 from .quant import check_method as check_quant_method, keep_bf16_weights, quantize_language_model
-from .tensor_parallel import apply_tensor_parallel, checkpoint_slices, local_config
+from .tensor_parallel import apply_tensor_parallel, checkpoint_slices, gather_parameter, local_config
 from .vision import InternVisionModel, Projector, pixel_shuffle
 
 logger = logging.getLogger(__name__)
@@ -360,13 +360,20 @@ class InternVLChatModel(nn.Layer):
             self.language_model.place_layers(*placement)
 
     def state_for_checkpoint(self):
-        """(checkpoint name, numpy array in HF layout) pairs, one parameter at a time."""
+        """(checkpoint name, numpy array in HF layout) pairs, one parameter at a time.
+
+        With tensor parallelism every rank of the group must iterate: each split parameter is
+        gathered whole (a collective) before it is yielded.
+        """
+        tp = self.language_model.tensor_parallel
         for name, param, keys, is_linear in self._checkpoint_entries():
             if name == "language_model.lm_head.weight" and self.config.llm.tie_word_embeddings:
                 continue  # saved once, as the embeddings
             if not param._is_initialized():  # numpy() would give a silently empty array
                 raise CheckpointError(f"parameter {name} holds no data (a slice sharding stage3 did not gather?); "
                                       "nothing was written")
+            if name.startswith("language_model."):
+                param = gather_parameter(self.config.llm, name[len("language_model."):], param.detach(), tp)
             array = param.astype("float32").numpy()
             if is_linear:
                 array = np.ascontiguousarray(array.T)
@@ -453,7 +460,16 @@ class InternVLChatModel(nn.Layer):
                 raise ValueError(f"{option}={value!r} does not combine with tensor parallelism; leave it unset")
 
     def save_pretrained(self, save_dir, dtype="bfloat16", max_shard_bytes=5 * 2 ** 30):
-        """Write config.json and HF-layout safetensors that the official code (and from_pretrained) loads."""
+        """Write config.json and HF-layout safetensors that the official code (and from_pretrained) loads.
+
+        A tensor-parallel model is saved whole: every rank calls this, and rank 0 writes each tensor
+        as soon as it is gathered (one shard in memory at a time).
+        """
+        tp = self.language_model.tensor_parallel
+        if tp is not None and tp.rank != 0:
+            for _ in self.state_for_checkpoint():  # the gathers rank 0 writes from
+                pass
+            return
         os.makedirs(save_dir, exist_ok=True)
         save_checkpoint(save_dir, self.state_for_checkpoint(), dtype=dtype, max_shard_bytes=max_shard_bytes)
         self.config.save(save_dir)

@@ -16,6 +16,7 @@ allocated yet) and `checkpoint_slices` tells the loader which rows or columns of
 tensors each rank reads, so no rank ever holds a whole weight.
 """
 import copy
+import math
 from dataclasses import dataclass
 
 import paddle
@@ -141,6 +142,86 @@ class RowParallelLinear(Linear):
         return out if self.bias is None else out + self.bias
 
 
+class _ParallelLoRA:
+    """LoRA on a tensor-parallel layer (mixed into the layer's class, keeping its parameter names):
+    out + dropout(x) A B * scaling, with A or B split as the layer's weight is. The dropout draws
+    the same mask on every rank of the group as long as their random states agree (the seed), as in
+    paddleformers' tensor-parallel LoRA."""
+
+    def _adapt(self, base, rank, alpha, dropout, a_shape, b_shape, fan_in):
+        """Become `base` (its weight and bias, no memory of its own) with adapters A and B."""
+        with paddle.LazyGuard():
+            self._base_class.__init__(self, *base.weight.shape, base.tp,
+                                      bias_attr=False if base.bias is None else None)
+        self.weight = base.weight
+        if base.bias is not None:
+            self.bias = base.bias
+        self.r, self.scaling, self.merged = rank, alpha / rank, False
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        kaiming = nn.initializer.KaimingUniform(fan_in=fan_in, negative_slope=math.sqrt(5), nonlinearity="leaky_relu")
+        self.lora_A = self.create_parameter(a_shape, dtype=base.weight.dtype, default_initializer=kaiming)
+        self.lora_B = self.create_parameter(b_shape, dtype=base.weight.dtype,
+                                            default_initializer=nn.initializer.Constant(0.0))
+
+    def forward(self, x):
+        out = self._base_class.forward(self, x)
+        if self.merged:
+            return out
+        low_rank = self._low_rank_collective.apply(self.lora_dropout(x) @ self.lora_A, self.tp)
+        return out + (low_rank @ self.lora_B) * self.scaling
+
+    def merge(self):
+        """Fold the adapter into this rank's weight slice."""
+        if not self.merged:
+            self.weight.set_value(self.weight + self.lora_A @ self.lora_B * self.scaling)
+            self.merged = True
+
+    def merged_layer(self):
+        """The plain tensor-parallel layer with the adapter folded in."""
+        self.merge()
+        with paddle.LazyGuard():
+            plain = self._base_class(*self.weight.shape, self.tp, bias_attr=False if self.bias is None else None)
+        plain.weight = self.weight
+        if self.bias is not None:
+            plain.bias = self.bias
+        return plain
+
+
+class ColumnParallelLoRALinear(_ParallelLoRA, ColumnParallelLinear):
+    """A replicated on every rank (its gradient summed over them), B split by output columns."""
+
+    _base_class, _low_rank_collective = ColumnParallelLinear, _CopyToRanks
+
+    def __init__(self, base, rank, alpha, dropout):
+        if base.gather_output:
+            raise ValueError("LoRA on a column-parallel layer that gathers its output is not supported")
+        in_features, local_out = base.weight.shape
+        self._adapt(base, rank, alpha, dropout, [in_features, rank], [rank, local_out], in_features)
+        _distributed(self.lora_B)
+        if self.tp.degree > 1:  # one A for the group
+            dist.broadcast(self.lora_A, src=self.tp.group.ranks[0], group=self.tp.group)
+
+
+class RowParallelLoRALinear(_ParallelLoRA, RowParallelLinear):
+    """A split by input rows (the product summed over the ranks), B replicated."""
+
+    _base_class, _low_rank_collective = RowParallelLinear, _SumOverRanks
+
+    def __init__(self, base, rank, alpha, dropout):
+        local_in, out_features = base.weight.shape
+        self._adapt(base, rank, alpha, dropout, [local_in, rank], [rank, out_features], local_in * base.tp.degree)
+        _distributed(self.lora_A)
+
+
+def parallel_lora(base, rank, alpha, dropout):
+    """The LoRA layer for a tensor-parallel layer, or None for a plain Linear."""
+    for layer_class, lora_class in ((ColumnParallelLinear, ColumnParallelLoRALinear),
+                                    (RowParallelLinear, RowParallelLoRALinear)):
+        if isinstance(base, layer_class):
+            return lora_class(base, rank, alpha, dropout)
+    return None
+
+
 class VocabParallelEmbedding(nn.Embedding):
     """This rank's rows of the token embeddings; ids of other ranks' rows give zeros, and the sum over
     the ranks is the whole lookup."""
@@ -241,16 +322,17 @@ def local_config(config, tp):
 
 def _split_layout(config, inner, tp):
     """(axis, full sizes of the parts split evenly over the ranks) of a language-model parameter in the
-    model's own layout (Linear weights [in, out]), or None when every rank holds it whole."""
-    module = inner.rsplit(".", 1)[0]
-    if module.endswith(".qkv_proj"):
+    model's own layout (Linear weights [in, out], LoRA's A [in, r] and B [r, out]), or None when every
+    rank holds it whole."""
+    module, param = inner.rsplit(".", 1)
+    if module.endswith(".qkv_proj") and param != "lora_A":  # by output columns, q | k | v each
         q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
         return -1, [q, kv, kv]
-    if module.endswith(".gate_up_proj"):
+    if module.endswith(".gate_up_proj") and param != "lora_A":
         return -1, [config.intermediate_size, config.intermediate_size]
-    if module.endswith(".o_proj") and inner.endswith(".weight"):
+    if module.endswith(".o_proj") and param in ("weight", "lora_A"):  # by input rows
         return 0, [config.num_attention_heads * config.head_dim]
-    if module.endswith(".down_proj") and inner.endswith(".weight"):
+    if module.endswith(".down_proj") and param in ("weight", "lora_A"):
         return 0, [config.intermediate_size]
     if module in ("embed_tokens", "lm_head") and vocab_is_split(config, tp):
         return (0 if module == "embed_tokens" else -1), [config.vocab_size]
@@ -270,3 +352,14 @@ def gather_parameter(config, inner, local, tp):
     per_rank = [paddle.split(piece, shares, axis=axis) for piece in slices]
     return paddle.concat([paddle.concat([parts[i] for parts in per_rank], axis=axis) for i in range(len(sizes))],
                          axis=axis)
+
+
+def local_slice(config, inner, whole, tp):
+    """This rank's slice of the whole language-model parameter `inner` (model layout), the inverse
+    of `gather_parameter`; also for arrays split like that parameter (a LoRA factor)."""
+    layout = _split_layout(config, inner, tp) if tp is not None and tp.degree > 1 else None
+    if layout is None:
+        return whole
+    axis, sizes = layout
+    parts = paddle.split(whole, sizes, axis=axis)
+    return paddle.concat([paddle.split(part, tp.degree, axis=axis)[tp.rank] for part in parts], axis=axis)

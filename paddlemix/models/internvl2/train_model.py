@@ -28,6 +28,7 @@ from paddleformers.peft.lora import LoRALinear
 
 from .conversation import get_conv_template
 from .kernels import Linear
+from .tensor_parallel import parallel_lora
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +130,17 @@ def add_lora(model, target_pattern, rank):
     """Wrap every Linear layer whose full name matches `target_pattern` in a LoRALinear (alpha = 2 * rank)."""
     lora_config = LoRAConfig(r=rank, lora_alpha=2 * rank, lora_dropout=LORA_DROPOUT, target_modules=[target_pattern])
     names = [name for name, layer in model.named_sublayers()
-             if isinstance(layer, nn.Linear) and not isinstance(layer, LoRALinear)
+             if isinstance(layer, nn.Linear) and not isinstance(layer, LoRALinear) and not hasattr(layer, "lora_A")
              and re.fullmatch(target_pattern, name)]
     if not names:
         raise ValueError(f"no Linear layer matches the LoRA targets {target_pattern!r}")
     for name in names:
         parent, attr = _parent(model, name)
         base = getattr(parent, attr)
+        parallel = parallel_lora(base, lora_config.r, lora_config.lora_alpha, lora_config.lora_dropout)
+        if parallel is not None:  # a tensor-parallel slice: the adapter is split as its weight is
+            setattr(parent, attr, parallel)
+            continue
         in_features, out_features = base.weight.shape
         with _default_dtype(base.weight.dtype):
             lora = LoRALinear(in_features, out_features, r=lora_config.r, lora_alpha=lora_config.lora_alpha,
@@ -151,10 +156,14 @@ def add_lora(model, target_pattern, rank):
 
 def merge_lora(model):
     """Fold every adapter into its weight and put a plain Linear back; returns the number merged."""
-    names = [name for name, layer in model.named_sublayers() if isinstance(layer, LoRALinear)]
+    names = [name for name, layer in model.named_sublayers() if isinstance(layer, LoRALinear)
+             or hasattr(layer, "merged_layer")]
     for name in names:
         parent, attr = _parent(model, name)
         lora = getattr(parent, attr)
+        if hasattr(lora, "merged_layer"):  # tensor-parallel
+            setattr(parent, attr, lora.merged_layer())
+            continue
         lora.merge()
         with paddle.LazyGuard():
             plain = Linear(*lora.weight.shape, bias_attr=False if lora.bias is None else None)
@@ -237,12 +246,17 @@ def export_checkpoint(model, source_dir, out_dir, dtype="bfloat16"):
     The tokenizer and other side files (generation_config.json, remote code...) are copied
     from `source_dir`. Everything is written to a temporary folder first and moved in with
     config.json last, so an interrupted export never leaves a loadable but partial model.
+    With tensor parallelism every rank calls it; rank 0 writes the gathered weights.
     """
     if os.path.realpath(source_dir) == os.path.realpath(out_dir):
         raise ValueError(f"refusing to export over the source checkpoint '{source_dir}'")
     merged = merge_lora(model)
     if merged:
         logger.info("merged %d LoRA adapters into their weights", merged)
+    tp = model.language_model.tensor_parallel
+    if tp is not None and tp.rank != 0:
+        model.save_pretrained(None)  # takes part in the gathers
+        return
     os.makedirs(out_dir, exist_ok=True)
     staging = os.path.join(out_dir, f".export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
