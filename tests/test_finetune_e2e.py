@@ -160,3 +160,9 @@ def test_weights_too_big_for_the_device_stop_before_loading(tiny):
     assert str(error.value).startswith(f"the model's {count / 1e9:.1f}B weights need {4 * count / 2**30:.1f} GiB in "
                                        "float32 on every device before sharding splits them, more than the ")
     assert check_weights_fit_device(tiny, "float32") is None  # no GPU here: nothing to check
+    # Tensor parallelism: each device holds half of the language model and all of the rest.
+    llm = sum(math.prod(param.shape) for param in model.language_model.parameters())
+    half = 4 * (count - llm + llm // 2)
+    assert check_weights_fit_device(tiny, "float32", device_bytes=half, tensor_parallel_degree=2) is None
+    with pytest.raises(ValueError, match="on every device with --tensor_parallel_degree 2, more than the"):
+        check_weights_fit_device(tiny, "float32", device_bytes=half - 4 * 64, tensor_parallel_degree=2)

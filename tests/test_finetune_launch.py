@@ -27,19 +27,33 @@ from test_finetune_e2e import meta, tensors, tiny  # noqa: F401  (module fixture
 
 SCRIPT = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "internvl_chat_finetune.py"
 STAGE3_ON_CPU = REPO_ROOT / "tests" / "stage3_on_cpu.py"
+TENSOR_PARALLEL_ON_CPU = REPO_ROOT / "tests" / "tensor_parallel_on_cpu.py"
 SHELL_DIR = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "shell" / "internvl2.0" / "2nd_finetune"
 
 
-def launch(tiny, meta, tmp_path, *extra, script=SCRIPT):
-    args = ["--model_name_or_path", tiny, "--meta_path", meta, "--output_dir", str(tmp_path / "out"),
+def _arguments(tiny, meta, tmp_path, *extra):
+    return ["--model_name_or_path", tiny, "--meta_path", meta, "--output_dir", str(tmp_path / "out"),
             "--max_dynamic_patch", "1", "--video_frames", "2", "--max_seq_length", "1024",
             "--per_device_train_batch_size", "1", "--logging_steps", "1", "--seed", "7", "--save_steps", "1000",
-            "--max_steps", "3", "--learning_rate", "2e-3", "--freeze_backbone", "True", "--device", "cpu",
-            "--sharding", "stage1", *extra]
+            "--max_steps", "3", "--learning_rate", "2e-3", "--freeze_backbone", "True", "--device", "cpu", *extra]
+
+
+def launch(tiny, meta, tmp_path, *extra, script=SCRIPT):
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(tmp_path / "logs"),
-           "--nproc_per_node", "2", str(script), *args]
+           "--nproc_per_node", "2", str(script), *_arguments(tiny, meta, tmp_path, "--sharding", "stage1", *extra)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO_ROOT)
+
+
+def one_process(tiny, meta, tmp_path, *extra):
+    """The same run in one process without the launcher: the reference."""
+    cmd = [sys.executable, str(SCRIPT), *_arguments(tiny, meta, tmp_path, *extra)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO_ROOT)
+
+
+def _losses(text):
+    return [float(value) for value in re.findall(r" - loss: ([0-9.]+),", text)]
 
 
 def worker_log(tmp_path, rank):
@@ -143,6 +157,51 @@ def test_stage3_trains_saves_resumes_and_exports_exactly_as_stage1(tiny, meta, t
             np.testing.assert_array_equal(exported[name][key], value, err_msg=f"{name}: {key}")
     base = tensors(tiny)
     assert any(not np.array_equal(value, base[key]) for key, value in exported["stage3"].items())  # it trained
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_tensor_parallel_trains_resumes_and_exports_like_one_process(tiny, meta, tmp_path, mode):  # noqa: F811
+    """--tensor_parallel_degree 2 on two CPU processes (tensor_parallel_on_cpu.py broadcasts the inputs
+    without fleet's GPU assert): each rank trains half of the language model, the losses and the
+    export equal one process's (LoRA: the first loss, see below), checkpoints hold one model file per
+    rank, and a run resumed from one continues the same losses to the same export."""
+    extra = ("--max_grad_norm", "0", "--save_steps", "2") + (
+        ("--freeze_llm", "True", "--freeze_mlp", "True", "--use_llm_lora", "8") if mode == "lora" else ())
+    single = one_process(tiny, meta, tmp_path / "single", *extra)
+    assert single.returncode == 0, (single.stdout + single.stderr)[-3000:]
+    parallel = launch(tiny, meta, tmp_path / "tp", *extra, "--tensor_parallel_degree", "2",
+                      script=TENSOR_PARALLEL_ON_CPU)
+    assert parallel.returncode == 0, failure(parallel, tmp_path / "tp")
+    log = worker_log(tmp_path / "tp", 0)
+    assert "mp_degree: 2" in log or "tensor_model_parallel_size    : 2" in log
+    per_device = int(re.search(r"Number of trainable parameters = ([0-9,]+) \(per device\)", log).group(1)
+                     .replace(",", ""))
+    whole = int(re.search(r"trainable: (\d+) of", single.stdout + single.stderr).group(1))
+    assert per_device < whole  # the language model's share is split
+    assert {path.name for path in (tmp_path / "tp" / "out" / "checkpoint-2").glob("model_state.tp0*")} == {
+        "model_state.tp00.pdparams", "model_state.tp01.pdparams"}
+    resumed = tmp_path / "resumed"
+    (resumed / "out").mkdir(parents=True)
+    shutil.copytree(tmp_path / "tp" / "out" / "checkpoint-2", resumed / "out" / "checkpoint-2")
+    proc = launch(tiny, meta, resumed, *extra, "--tensor_parallel_degree", "2", script=TENSOR_PARALLEL_ON_CPU)
+    assert proc.returncode == 0, failure(proc, resumed)
+
+    expected, losses = _losses(single.stdout + single.stderr), _losses(log)
+    assert len(expected) == len(losses) == 3
+    np.testing.assert_array_equal(_losses(worker_log(resumed, 0)), losses[2:])
+    exported = {name: tensors(str(tmp_path / name / "out")) for name in ("single", "tp", "resumed")}
+    assert exported["tp"].keys() == exported["resumed"].keys() == exported["single"].keys()
+    for key, value in exported["tp"].items():
+        np.testing.assert_array_equal(exported["resumed"][key], value, err_msg=key)
+    if mode == "full":
+        np.testing.assert_allclose(losses, expected, rtol=1e-5)
+        for key, value in exported["single"].items():
+            np.testing.assert_allclose(exported["tp"][key], value, rtol=0, atol=1e-5 * max(np.abs(value).max(), 1),
+                                       err_msg=key)
+    else:  # the adapters' A starts from other random draws than in one process; B starts at 0
+        np.testing.assert_allclose(losses[0], expected[0], rtol=1e-5)
+    base = tensors(tiny)
+    assert any(not np.array_equal(value, base[key]) for key, value in exported["tp"].items())  # it trained
 
 
 def test_an_ungathered_parameter_stops_the_export(tiny, tmp_path):  # noqa: F811

@@ -34,6 +34,7 @@ from paddlemix.models.internvl2.checkpoint import open_checkpoint
 from paddlemix.models.internvl2.config import InternVLChatConfig
 from paddlemix.models.internvl2.conversation import TEMPLATE_NAMES
 from paddlemix.models.internvl2.hub import resolve_model_dir
+from paddlemix.models.internvl2.tensor_parallel import TensorParallel
 from paddlemix.models.internvl2.train_data import (NORMALIZATION, POLICIES, Collator, DataConfig,
                                                    SupervisedDataset, load_meta)
 from paddlemix.models.internvl2.train_trainer import InternVLTrainer, last_complete_checkpoint
@@ -88,6 +89,14 @@ class FinetuneTrainingArguments(TrainingArguments):
     report_to: Optional[List[str]] = field(default_factory=lambda: ["none"],
                                            metadata={"help": "visualdl, wandb, tensorboard or none"})
     dry_run: bool = field(default=False, metadata={"help": "check the arguments and data files, then exit"})
+    tensor_parallel_degree: int = field(default=1, metadata={
+        "help": "split the language model's layers over this many ranks (tensor parallelism); sharding and "
+                "data parallelism use the rest"})
+
+    def __post_init__(self):
+        if self.tensor_parallel_degree > 1:  # paddleformers' name for it
+            self.tensor_model_parallel_size = self.tensor_parallel_degree
+        super().__post_init__()
 
 
 def parse_arguments(argv=None):
@@ -162,8 +171,10 @@ def load_model(model_args, data_args, training_args):
         check_arguments(dataclasses.replace(model_args, model_name_or_path=model_dir), data_args, training_args)
     tokenizer = load_tokenizer(model_dir)
     dtype = _training_dtype(training_args)
-    check_weights_fit_device(model_dir, dtype)
-    model = InternVLChatModel.from_pretrained(model_dir, dtype=dtype, cpu_bf16_weights=False)  # trains float32
+    check_weights_fit_device(model_dir, dtype, tensor_parallel_degree=training_args.tensor_parallel_degree)
+    tp = TensorParallel.from_fleet() if training_args.tensor_parallel_degree > 1 else None
+    model = InternVLChatModel.from_pretrained(model_dir, dtype=dtype, cpu_bf16_weights=False,  # trains float32
+                                              tensor_parallel=tp)
     tm.configure(model, template=data_args.conv_style or model.config.template,
                  select_layer=model_args.vision_select_layer, ps_version=model_args.ps_version,
                  force_image_size=data_args.force_image_size, dynamic_image_size=data_args.dynamic_image_size,
@@ -191,12 +202,13 @@ def load_model(model_args, data_args, training_args):
     return model, tokenizer, model_dir
 
 
-def check_weights_fit_device(model_dir, dtype, device_bytes=None):
+def check_weights_fit_device(model_dir, dtype, device_bytes=None, tensor_parallel_degree=1):
     """Stop with one sentence when the weights alone exceed a GPU's memory.
 
-    Every rank loads the whole model onto its device, and sharding (stage3 too) splits it only
-    afterwards; a model that cannot fit would otherwise fail with an out-of-memory error
-    minutes into loading. `device_bytes` defaults to the current GPU's memory (no check elsewhere).
+    Every rank loads its share onto its device: with tensor parallelism 1/degree of the language
+    model plus the whole ViT and mlp1, else the whole model, which sharding (stage3 too) splits only
+    afterwards. A model that cannot fit would otherwise fail with an out-of-memory error minutes into
+    loading. `device_bytes` defaults to the current GPU's memory (no check elsewhere).
     """
     device = paddle.get_device()
     if device_bytes is None:
@@ -204,12 +216,17 @@ def check_weights_fit_device(model_dir, dtype, device_bytes=None):
             return
         device_bytes = paddle.device.cuda.get_device_properties(device).total_memory
     with open_checkpoint(model_dir) as checkpoint:
-        count = sum(math.prod(checkpoint.shape(name)) for name in checkpoint.keys())
-    needed = count * (4 if dtype == "float32" else 2)
+        counts = [math.prod(checkpoint.shape(name)) for name in checkpoint.keys()]
+        count = sum(counts)
+        share = sum(size // (tensor_parallel_degree if name.startswith("language_model.") else 1)
+                    for name, size in zip(checkpoint.keys(), counts))
+    needed = share * (4 if dtype == "float32" else 2)
     if needed > device_bytes:
+        where = (f"with --tensor_parallel_degree {tensor_parallel_degree}" if tensor_parallel_degree > 1
+                 else "before sharding splits them")
         raise ValueError(f"the model's {count / 1e9:.1f}B weights need {needed / 2**30:.1f} GiB in {dtype} on every "
-                         f"device before sharding splits them, more than the {device_bytes / 2**30:.1f} GiB of "
-                         f"{device}; use devices with more memory (loading straight into shards is not supported)")
+                         f"device {where}, more than the {device_bytes / 2**30:.1f} GiB of {device}; use devices "
+                         "with more memory or a larger --tensor_parallel_degree")
 
 
 def _training_dtype(training_args):
@@ -281,7 +298,7 @@ def main(argv=None, callbacks=None):
     if dataset.skipped:
         logger.warning("bad samples skipped: %s", dict(dataset.skipped))
     gather_full_parameters(trainer)
-    if training_args.should_save:
+    if training_args.should_save or model.language_model.tensor_parallel is not None:  # TP: gathered by all
         tm.export_checkpoint(model, model_dir, training_args.output_dir, dtype=_export_dtype(training_args))
     if training_args.world_size > 1:
         paddle.distributed.barrier()  # every rank waits for the export before it leaves
