@@ -1,7 +1,8 @@
 """internvl_chat_finetune.py with --tensor_parallel_degree on CPU processes (a test launcher).
 
 fleet's TensorParallel wrapper broadcasts each step's inputs from the first rank of the tensor-
-parallel group, and its helper asserts a GPU, an XPU or a custom device first. The inputs are
+parallel group, and its helper asserts a GPU, an XPU or a custom device first (so does the
+script's own check, lifted here too). The inputs are
 already the same on every rank of the group (the data is split by data-parallel rank only), so on
 CPU this broadcasts them with plain gloo broadcasts instead. The model's own tensor-parallel layers
 (paddlemix/models/internvl2/tensor_parallel.py) need nothing: they use gloo's all_reduce and
@@ -39,4 +40,5 @@ def broadcast_input_data_on_cpu(hcg, *inputs, **kwargs):
 
 if __name__ == "__main__":
     fleet_tensor_parallel.broadcast_input_data = broadcast_input_data_on_cpu
+    finetune.tensor_parallel_runs_on = lambda device: True
     finetune.cli(sys.argv[1:])

@@ -112,6 +112,9 @@ def test_fp32_clipping_on_two_ranks_is_one_clear_error(tiny, meta, tmp_path):  #
     (("--split_param", "True", "--bf16", "True", "--fp16_opt_level", "O1", "--amp_master_grad", "True"),
      "--split_param True runs on GPUs, XPUs and NPUs only (Paddle's fused buffers); pass --split_param False on CPU"),
     (("--split_param", "True"), "invalid arguments: Currently sharding stage1 v2 only support amp_master_grad"),
+    (("--tensor_parallel_degree", "2"), "tensor parallelism runs on GPUs, XPUs and NPUs only (fleet's "
+                                        "TensorParallel wrapper refuses CPU); leave --tensor_parallel_degree at 1 "
+                                        "on CPU"),
 ])
 def test_what_cpu_ranks_cannot_run_is_one_clear_error(tiny, meta, tmp_path, args, message):  # noqa: F811
     proc = launch(tiny, meta, tmp_path, "--max_grad_norm", "0", *args)
@@ -257,7 +260,7 @@ def test_the_shipped_script_runs_on_two_cpu_processes(tiny, meta, tmp_path, mode
     assert proc.returncode == 0, log[-3000:]
     assert _processes_mentioning(str(out)) == [], "the run left processes behind (data loader workers?)"
     summary, command = proc.stdout.splitlines()[:2]
-    assert summary.endswith("2 cpu(s) x 1 per device x 2 accumulation = global batch 4")
+    assert summary.endswith("2 cpu(s) x 1 per device x 2 accumulation / 1 tensor-parallel = global batch 4")
     assert "-m paddle.distributed.launch --nproc_per_node 2 " in command
     assert "--bf16 False --fp16_opt_level O1 --amp_master_grad False --split_param False --max_grad_norm 0" in command
     assert "sharding_degree: 2" in log and "gradient_accumulation_steps   : 2" in log

@@ -14,17 +14,25 @@ from test_finetune_data import write_synthetic_dataset
 
 SHELL_DIR = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "shell" / "internvl2.0" / "2nd_finetune"
 FINETUNE_PY = REPO_ROOT / "paddlemix" / "examples" / "internvl2" / "internvl_chat_finetune.py"
-# size prefix -> (template, learning rate, full weight decay, LoRA weight decay, full drop path, sharding)
+# size prefix -> (template, learning rate, full weight decay, LoRA weight decay, full drop path, sharding);
+# 26B-76B split their language model with tensor parallelism (see TENSOR_PARALLEL) instead of stage3.
 OFFICIAL = {
     "internvl2_1b_qwen2_0_5b": ("Hermes-2", "4e-5", "0.01", "0.01", "0.1", "stage1"),
     "internvl2_2b_internlm2_1_8b": ("internlm2-chat", "4e-5", "0.01", "0.01", "0.1", "stage1"),
     "internvl2_4b_phi3_3_8b": ("phi3-chat", "4e-5", "0.01", "0.01", "0.1", "stage1"),
     "internvl2_8b_internlm2_7b": ("internlm2-chat", "4e-5", "0.05", "0.01", "0.1", "stage1"),
-    "internvl2_26b_internlm2_20b": ("internlm2-chat", "2e-5", "0.05", "0.05", "0.4", "stage3"),
-    "internvl2_40b_hermes2_yi_34b": ("Hermes-2", "2e-5", "0.05", "0.05", "0.4", "stage3"),
-    "internvl2_76b_hermes2_llama3_70b": ("internlm2-chat", "2e-5", "0.05", "0.05", "0.4", "stage3"),
+    "internvl2_26b_internlm2_20b": ("internlm2-chat", "2e-5", "0.05", "0.05", "0.4", "stage1"),
+    "internvl2_40b_hermes2_yi_34b": ("Hermes-2", "2e-5", "0.05", "0.05", "0.4", "stage1"),
+    "internvl2_76b_hermes2_llama3_70b": ("internlm2-chat", "2e-5", "0.05", "0.05", "0.4", "stage1"),
 }
 SCRIPTS = [f"{size}_dynamic_res_2nd_finetune_{mode}.sh" for size in OFFICIAL for mode in ("full", "lora")]
+# The degrees that fit 80 GB cards by paddlemix.models.internvl2.memory (the others: 1).
+TENSOR_PARALLEL = {"internvl2_26b_internlm2_20b_dynamic_res_2nd_finetune_full.sh": 8,
+                   "internvl2_26b_internlm2_20b_dynamic_res_2nd_finetune_lora.sh": 2,
+                   "internvl2_40b_hermes2_yi_34b_dynamic_res_2nd_finetune_full.sh": 8,
+                   "internvl2_40b_hermes2_yi_34b_dynamic_res_2nd_finetune_lora.sh": 2,
+                   "internvl2_76b_hermes2_llama3_70b_dynamic_res_2nd_finetune_full.sh": 8,
+                   "internvl2_76b_hermes2_llama3_70b_dynamic_res_2nd_finetune_lora.sh": 8}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,9 @@ def test_dry_runs_print_the_official_launch_command(inputs, tmp_path):
         accumulation = int(args["--gradient_accumulation_steps"])
         assert launcher == [recorder, "-m", "paddle.distributed.launch", "--devices",
                             ",".join(map(str, range(gpus))), "--log_dir", inputs["OUTPUT_DIR"] + "/launch_logs"]
-        assert gpus * per_device * accumulation == (128 if mode == "full" else 16), script
+        tensor_parallel = int(args["--tensor_parallel_degree"])
+        assert tensor_parallel == TENSOR_PARALLEL.get(script, 1), script
+        assert gpus // tensor_parallel * per_device * accumulation == (128 if mode == "full" else 16), script
         assert args["--conv_style"] == template and args["--learning_rate"] == lr, script
         assert args["--weight_decay"] == (full_decay if mode == "full" else lora_decay), script
         assert args["--drop_path_rate"] == (drop_path if mode == "full" else "0.0"), script
@@ -117,17 +127,21 @@ def test_npu_runs_set_the_ascend_flags_and_launch_on_npus(inputs, tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     summary, command, *flags = stdout.splitlines()
-    assert flags == ["CUSTOM_DEVICE_BLACK_LIST=set_value,set_value_with_tensor", "FLAGS_npu_jit_compile=0",
-                     "FLAGS_npu_scale_aclnn=True", "FLAGS_npu_split_aclnn=True", "FLAGS_npu_storage_format=0",
-                     "FLAGS_use_stride_kernel=0"]
+    expected = ["CUSTOM_DEVICE_BLACK_LIST=set_value,set_value_with_tensor", "FLAGS_npu_jit_compile=0",
+                "FLAGS_npu_scale_aclnn=True", "FLAGS_npu_split_aclnn=True", "FLAGS_npu_storage_format=0",
+                "FLAGS_use_stride_kernel=0"]
+    assert flags == expected * 2  # the memory estimate, then the trainer: both see them
     launcher, args = _arguments(command)
-    assert "4 npu(s) x 2 per device x 2 accumulation = global batch 16" in summary
+    assert "4 npu(s) x 2 per device x 2 accumulation / 1 tensor-parallel = global batch 16" in summary
     assert launcher[launcher.index("--devices") + 1] == "0,1,2,3"
     assert args["--device"] == "npu" and args["--max_steps"] == "1"  # extra arguments are passed through
 
 
 @pytest.mark.parametrize("env, args, message", [
-    ({"BATCH_SIZE": "100"}, (), "BATCH_SIZE=100 is not a multiple of PER_DEVICE_BATCH_SIZE * GPUS = 32"),
+    ({"BATCH_SIZE": "100"}, (), "BATCH_SIZE=100 is not a multiple of PER_DEVICE_BATCH_SIZE * GPUS / TENSOR_PARALLEL "
+                                "= 32"),
+    ({"TENSOR_PARALLEL": "3"}, (), "GPUS=8 is not divisible by TENSOR_PARALLEL=3"),
+    ({"DEVICE_GIB": "1"}, (), "exceeds the 1 GiB of each card; use more cards or a larger tensor-parallel degree"),
     ({"GPUS": "zero"}, (), "GPUS must be a positive integer, not 'zero'"),
     ({"DEVICE": "tpu"}, (), "DEVICE must be gpu, npu or cpu, not 'tpu'"),
     ({}, ("--lerning_rate", "1e-4"), "not used by the PdArgumentParser: ['--lerning_rate', '1e-4']"),

@@ -137,6 +137,9 @@ def check_arguments(model_args, data_args, training_args):
             and not stage3_runs_on(training_args.device)):
         raise ValueError("sharding stage3 runs on GPUs, XPUs and NPUs only (Paddle refuses it on CPU); "
                          "use --sharding stage1 on CPU")
+    if training_args.tensor_parallel_degree > 1 and not tensor_parallel_runs_on(training_args.device):
+        raise ValueError("tensor parallelism runs on GPUs, XPUs and NPUs only (fleet's TensorParallel wrapper "
+                         "refuses CPU); leave --tensor_parallel_degree at 1 on CPU")
     if training_args.world_size > 1 and training_args.split_param and training_args.device == "cpu":
         raise ValueError("--split_param True runs on GPUs, XPUs and NPUs only (Paddle's fused buffers); "
                          "pass --split_param False on CPU")
@@ -161,6 +164,11 @@ def check_arguments(model_args, data_args, training_args):
 
 def stage3_runs_on(device):
     """Paddle's sharding stage3 asserts a GPU, an XPU or a custom device (an NPU)."""
+    return device != "cpu"
+
+
+def tensor_parallel_runs_on(device):
+    """fleet's TensorParallel wrapper broadcasts each step's inputs only on a GPU, an XPU or an NPU."""
     return device != "cpu"
 
 

@@ -2,11 +2,14 @@
 #
 # The sourcing script sets: MODEL_NAME, CONV_STYLE, MODE (full|lora), LEARNING_RATE,
 # WEIGHT_DECAY, DROP_PATH_RATE, SHARDING (stage1|stage3), DEFAULT_GPUS,
-# DEFAULT_PER_DEVICE_BATCH_SIZE. Hyperparameters are the official ones
-# (OpenGVLab/InternVL shell/internvl2.0/2nd_finetune).
+# DEFAULT_PER_DEVICE_BATCH_SIZE, and optionally DEFAULT_TENSOR_PARALLEL (default 1).
+# Hyperparameters are the official ones (OpenGVLab/InternVL shell/internvl2.0/2nd_finetune).
 #
 # Environment overrides:
 #   GPUS                   devices (processes on CPU) in total (default per script)
+#   TENSOR_PARALLEL        ranks each language-model layer is split over (default per script; GPUs/NPUs
+#                          only); sharding stage1 splits the optimizer over GPUS / TENSOR_PARALLEL
+#   DEVICE_GIB             memory per card for the estimate printed before launch (default 80)
 #   PER_DEVICE_BATCH_SIZE  samples per device and step (default per script)
 #   BATCH_SIZE             global batch (128 full, 16 LoRA); accumulation = BATCH_SIZE / (PER_DEVICE * GPUS)
 #   MODEL                  checkpoint dir or hub id (default ./pretrained/<MODEL_NAME>)
@@ -30,6 +33,7 @@ is_positive_int() {
 }
 
 # The command as one line that bash reads back unchanged, quoting only what needs it.
+
 print_command() {
   local arg line=""
   for arg in "$@"; do
@@ -57,6 +61,13 @@ case "${MODE}" in
 esac
 
 GPUS="${GPUS:-${DEFAULT_GPUS}}"
+if [[ -z "${TENSOR_PARALLEL:-}" ]]; then
+  # The script's default is for GPUs; on CPU processes tensor parallelism does not run (a value the
+  # user sets is kept there, and the Python checks refuse it in one sentence).
+  TENSOR_PARALLEL="${DEFAULT_TENSOR_PARALLEL:-1}"
+  [[ "${DEVICE:-gpu}" != cpu ]] || TENSOR_PARALLEL=1
+fi
+DEVICE_GIB="${DEVICE_GIB:-80}"
 PER_DEVICE_BATCH_SIZE="${PER_DEVICE_BATCH_SIZE:-${DEFAULT_PER_DEVICE_BATCH_SIZE}}"
 BATCH_SIZE="${BATCH_SIZE:-${DEFAULT_BATCH_SIZE}}"
 MODEL="${MODEL:-./pretrained/${MODEL_NAME}}"
@@ -66,13 +77,19 @@ DEVICE="${DEVICE:-gpu}"
 NNODES="${NNODES:-1}"
 PYTHON="${PYTHON:-python}"
 
-for name in GPUS PER_DEVICE_BATCH_SIZE BATCH_SIZE NNODES; do
+for name in GPUS PER_DEVICE_BATCH_SIZE BATCH_SIZE NNODES TENSOR_PARALLEL; do
   is_positive_int "${!name}" || fail "${name} must be a positive integer, not '${!name}'"
 done
 (( GPUS % NNODES == 0 )) || fail "GPUS=${GPUS} is not divisible by NNODES=${NNODES}"
-(( BATCH_SIZE % (PER_DEVICE_BATCH_SIZE * GPUS) == 0 )) ||
-  fail "BATCH_SIZE=${BATCH_SIZE} is not a multiple of PER_DEVICE_BATCH_SIZE * GPUS = $((PER_DEVICE_BATCH_SIZE * GPUS))"
-GRADIENT_ACC=$((BATCH_SIZE / PER_DEVICE_BATCH_SIZE / GPUS))
+(( GPUS % TENSOR_PARALLEL == 0 )) || fail "GPUS=${GPUS} is not divisible by TENSOR_PARALLEL=${TENSOR_PARALLEL}"
+(( TENSOR_PARALLEL == 1 )) || [[ "${SHARDING}" == stage1 ]] ||
+  fail "tensor parallelism combines with sharding stage1 only, not ${SHARDING}"
+SHARDING_DEGREE=$((GPUS / TENSOR_PARALLEL))
+# The ranks of a tensor-parallel group work on the same samples: the data is split over the rest.
+(( BATCH_SIZE % (PER_DEVICE_BATCH_SIZE * SHARDING_DEGREE) == 0 )) ||
+  fail "BATCH_SIZE=${BATCH_SIZE} is not a multiple of PER_DEVICE_BATCH_SIZE * GPUS / TENSOR_PARALLEL =" \
+       "$((PER_DEVICE_BATCH_SIZE * SHARDING_DEGREE))"
+GRADIENT_ACC=$((BATCH_SIZE / PER_DEVICE_BATCH_SIZE / SHARDING_DEGREE))
 DEVICES_PER_NODE=$((GPUS / NNODES))
 
 # The official bf16 recipe; fp32 master weights and gradients, parameters split by stage1.
@@ -140,6 +157,7 @@ TRAIN_ARGS=(
   --use_thumbnail True
   --ps_version v2
   --sharding "${SHARDING}"
+  --tensor_parallel_degree "${TENSOR_PARALLEL}"
   --report_to visualdl
   "$@"
 )
@@ -156,8 +174,16 @@ fi
 COMMAND=("${LAUNCH[@]}" "${FINETUNE_PY}" "${TRAIN_ARGS[@]}")
 
 echo "# ${SCRIPT_NAME}: ${GPUS} ${DEVICE}(s) x ${PER_DEVICE_BATCH_SIZE} per device x ${GRADIENT_ACC} accumulation" \
-     "= global batch ${BATCH_SIZE}"
+     "/ ${TENSOR_PARALLEL} tensor-parallel = global batch ${BATCH_SIZE}"
 print_command "${COMMAND[@]}"
+
+# The per-device memory estimate from the checkpoint's config.json (paddlemix/models/internvl2/memory.py);
+# it stops the launch when the cards are too small.
+if [[ "${DEVICE}" != cpu && -f "${MODEL}/config.json" ]]; then
+  "${PYTHON}" -m paddlemix.models.internvl2.memory "${MODEL}" --mode "${MODE}" --tensor-parallel "${TENSOR_PARALLEL}" \
+    --sharding "${SHARDING_DEGREE}" --per-device-batch "${PER_DEVICE_BATCH_SIZE}" --device-gib "${DEVICE_GIB}" ||
+    exit 1
+fi
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   exec "${PYTHON}" "${FINETUNE_PY}" "${TRAIN_ARGS[@]}" --dry_run True

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # InternVL2-40B (InternViT-6B + Nous-Hermes-2-Yi-34B): 2nd fine-tuning of the full LLM and mlp1 (ViT frozen).
-# Usage: [GPUS=..] [PER_DEVICE_BATCH_SIZE=..] [MODEL=..] [META_PATH=..] [OUTPUT_DIR=..] [DEVICE=npu] [DRY_RUN=1] \
+# Needs 16 GPUs with 80 GB: each language-model layer split over 8 (tensor parallel), the optimizer over 2 (sharding stage1); about 74 GiB per card (python -m paddlemix.models.internvl2.memory).
+# Usage: [GPUS=..] [TENSOR_PARALLEL=..] [PER_DEVICE_BATCH_SIZE=..] [MODEL=..] [META_PATH=..] [OUTPUT_DIR=..] [DEVICE=npu] [DRY_RUN=1] \
 #        bash internvl2_40b_hermes2_yi_34b_dynamic_res_2nd_finetune_full.sh [extra internvl_chat_finetune.py arguments]
 MODEL_NAME=InternVL2-40B
 CONV_STYLE=Hermes-2
@@ -8,8 +9,9 @@ MODE=full
 LEARNING_RATE=2e-5
 WEIGHT_DECAY=0.05
 DROP_PATH_RATE=0.4
-SHARDING=stage3
+SHARDING=stage1
 DEFAULT_GPUS=16
+DEFAULT_TENSOR_PARALLEL=8
 DEFAULT_PER_DEVICE_BATCH_SIZE=2
 SCRIPT_PATH="${BASH_SOURCE[0]}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # InternVL2-Llama3-76B (InternViT-6B + Hermes-2-Theta-Llama-3-70B): 2nd fine-tuning of the full LLM and mlp1 (ViT frozen).
-# Usage: [GPUS=..] [PER_DEVICE_BATCH_SIZE=..] [MODEL=..] [META_PATH=..] [OUTPUT_DIR=..] [DEVICE=npu] [DRY_RUN=1] \
+# Needs 128 GPUs with 80 GB: each language-model layer split over 8 (tensor parallel), the optimizer over 16 (sharding stage1); about 78 GiB per card (python -m paddlemix.models.internvl2.memory).
+# Usage: [GPUS=..] [TENSOR_PARALLEL=..] [PER_DEVICE_BATCH_SIZE=..] [MODEL=..] [META_PATH=..] [OUTPUT_DIR=..] [DEVICE=npu] [DRY_RUN=1] \
 #        bash internvl2_76b_hermes2_llama3_70b_dynamic_res_2nd_finetune_full.sh [extra internvl_chat_finetune.py arguments]
 MODEL_NAME=InternVL2-Llama3-76B
 CONV_STYLE=internlm2-chat
@@ -8,8 +9,9 @@ MODE=full
 LEARNING_RATE=2e-5
 WEIGHT_DECAY=0.05
 DROP_PATH_RATE=0.4
-SHARDING=stage3
-DEFAULT_GPUS=32
+SHARDING=stage1
+DEFAULT_GPUS=128
+DEFAULT_TENSOR_PARALLEL=8
 DEFAULT_PER_DEVICE_BATCH_SIZE=1
 SCRIPT_PATH="${BASH_SOURCE[0]}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
