@@ -5,14 +5,18 @@ structure, no download, and runs every fast path this device takes, one at a tim
 together, against the plain float32 ops on the same weights. One row per path: whether the device
 takes it, max |delta logits| (relative to the largest logit) and whether the greedy tokens agree.
 Exit 0 when every row is within its dtype's tolerance. Run it first on a new GPU or NPU, and
-send its whole output with a bug report.
+send its whole output with a bug report. With two or more GPUs visible, one more row splits the
+2B structure's language model over two of them (tensor parallelism, NCCL) and compares it with the
+one-device float32 numbers.
 """
 import argparse
 import contextlib
 import logging
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 from paddlemix.cli import run_main, setup_logging
@@ -163,6 +167,65 @@ def _row(path, reference, compute, tolerance_key):
     return (path, True, delta, tokens_equal, within and (tokens_equal or tolerance_key != "float32"))
 
 
+TENSOR_PARALLEL_STRUCTURE = "InternVL2-2B"  # InternLM2: its grouped wqkv is split by whole KV groups
+
+
+def tensor_parallel_row(kind):
+    """The tensor-parallel row on two GPUs, or None with fewer than two (or on other devices)."""
+    import paddle
+
+    if kind != "gpu" or paddle.device.cuda.device_count() < 2:
+        return None
+    return run_tensor_parallel(["--devices", "0,1"])
+
+
+def run_tensor_parallel(launch_args, structure=TENSOR_PARALLEL_STRUCTURE):
+    """One row: the model split over the two processes `launch_args` starts against this process's
+    float32 numbers on the same weights (saved as a checkpoint that each rank reads its slice of)."""
+    import numpy as np
+
+    model = build_model(structure)
+    pixels, ids = model_inputs(model)
+    reference = run(model, pixels, ids)
+    path = "tensor parallel, 2 ranks"
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(os.path.join(folder, "model"), dtype="float32")
+        np.savez(os.path.join(folder, "inputs.npz"), pixels=pixels.numpy(), ids=ids.numpy())
+        command = [sys.executable, "-m", "paddle.distributed.launch", *launch_args, "--log_dir",
+                   os.path.join(folder, "logs"), os.path.abspath(__file__), "--tensor-parallel-worker", folder]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            text = done.stderr
+            log = os.path.join(folder, "logs", "workerlog.0")
+            if os.path.exists(log):
+                with open(log, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            lines = [line for line in text.strip().splitlines() if line.strip()]
+            return (path, True, None, f"the ranks failed: {lines[-1][:120] if lines else done.returncode}", False)
+        result = np.load(os.path.join(folder, "result.npz"))
+        return _row(path, reference, lambda: (result["logits"], result["tokens"]), "float32")
+
+
+def tensor_parallel_worker(folder):
+    """One rank of `run_tensor_parallel` (under paddle.distributed.launch); rank 0 writes the result."""
+    import numpy as np
+    import paddle
+    import paddle.distributed as dist
+
+    from paddlemix.models.internvl2 import InternVLChatModel
+    from paddlemix.models.internvl2.tensor_parallel import TensorParallel
+
+    dist.init_parallel_env()
+    ranks = dist.get_world_size()
+    tp = TensorParallel(ranks, dist.get_rank(), dist.new_group(list(range(ranks))))
+    model = InternVLChatModel.from_pretrained(os.path.join(folder, "model"), dtype="float32", tensor_parallel=tp)
+    model.img_context_token_id = IMAGE_CONTEXT_ID
+    inputs = np.load(os.path.join(folder, "inputs.npz"))
+    logits, tokens = run(model, paddle.to_tensor(inputs["pixels"]), paddle.to_tensor(inputs["ids"]))
+    if tp.rank == 0:
+        np.savez(os.path.join(folder, "result.npz"), logits=logits, tokens=tokens)
+
+
 def environment_lines(kind):
     import numpy as np
     import paddle
@@ -270,12 +333,15 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default=None, help="dtype for --bench (default: bfloat16 where the device "
                                                       "computes in it, else float16 on GPUs, float32 on CPU)")
     parser.add_argument("--verbose", action="store_true", help="also show third-party warnings and our debug lines")
+    parser.add_argument("--tensor-parallel-worker", metavar="FOLDER", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     setup_logging(args.verbose)
+    if args.tensor_parallel_worker:
+        return tensor_parallel_worker(args.tensor_parallel_worker)
     import paddle
 
     # The int8 row says once per structure that CPU int8 decodes slower; that is known here.
@@ -293,6 +359,10 @@ def main(argv=None):
         for row in check_rows(structure, kind, dtypes):
             print(format_row(structure, row))
             failures += 0 if row[-1] else 1
+    row = tensor_parallel_row(kind)
+    if row is not None:
+        print(format_row(TENSOR_PARALLEL_STRUCTURE, row))
+        failures += 0 if row[-1] else 1
     if args.bench:
         for line in bench_lines(kind, args.dtype or (dtypes[0] if dtypes else "float32")):
             print(line)

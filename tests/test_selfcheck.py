@@ -92,3 +92,11 @@ def test_the_bench_decodes_with_the_real_1b_language_model_sizes():
     assert selfcheck.REAL_1B_LLM == {key: real[key] for key in selfcheck.REAL_1B_LLM}
     config = selfcheck.build_config("InternVL2-1B", **selfcheck.REAL_1B_LLM)
     assert (config.llm.family, config.llm.num_hidden_layers, config.llm.head_dim) == ("qwen2", 24, 64)
+
+
+def test_the_tensor_parallel_row_splits_the_model_over_two_ranks():
+    """The row runs on two GPUs only; here its ranks are two CPU processes (gloo instead of NCCL)."""
+    assert selfcheck.tensor_parallel_row("cpu") is None
+    path, used, delta, tokens_equal, ok = selfcheck.run_tensor_parallel(["--nproc_per_node", "2"])
+    assert (path, used, tokens_equal, ok) == ("tensor parallel, 2 ranks", True, True, True), delta
+    assert delta <= selfcheck.TOLERANCE["float32"]
