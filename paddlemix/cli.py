@@ -103,6 +103,9 @@ def add_model_arguments(parser, max_num):
     parser.add_argument("--quant", default=None, help="weight_only_int8: keep the LLM's Linear weights in int8 "
                                                       "(faster decoding on GPUs; on CPU it only saves memory)")
     parser.add_argument("--download_source", default=None, choices=["huggingface", "aistudio", "modelscope"])
+    parser.add_argument("--tensor_parallel_degree", type=int, default=1,
+                        help="split the language model over this many GPUs; run under "
+                             "`python -m paddle.distributed.launch --devices 0,1,...` with as many devices")
     parser.add_argument("--verbose", action="store_true", help="log loading and prompt details")
 
 
@@ -118,7 +121,30 @@ def prepare_device(args):
         paddle.set_device(args.device)
     if args.max_num < 1:
         raise ValueError(f"--max_num must be at least 1, got {args.max_num}")
+    if args.tensor_parallel_degree < 1:
+        raise ValueError(f"--tensor_parallel_degree must be at least 1, got {args.tensor_parallel_degree}")
     return resolve_dtype(args.dtype)
+
+
+def tensor_parallel_group(degree):
+    """This process's place in the tensor-parallel group paddle.distributed.launch started, or None for 1."""
+    if degree == 1:
+        return None
+    import paddle.distributed as dist
+    from paddlemix.models.internvl2.tensor_parallel import TensorParallel
+
+    if dist.get_world_size() != degree:
+        raise ValueError(f"--tensor_parallel_degree {degree} needs {degree} processes: run it under "
+                         f"`python -m paddle.distributed.launch` with {degree} devices (this run has "
+                         f"{dist.get_world_size()})")
+    dist.init_parallel_env()
+    return TensorParallel(degree, dist.get_rank(), dist.new_group(list(range(degree))))
+
+
+def prints_answers(model):
+    """Whether this process shows the answer: the only one, or the first of a tensor-parallel group."""
+    tp = model.language_model.tensor_parallel
+    return tp is None or tp.rank == 0
 
 
 def load_chat_model(args, dtype):
@@ -127,10 +153,12 @@ def load_chat_model(args, dtype):
 
     model = InternVLChatModel.from_pretrained(args.model_name_or_path, dtype=dtype,
                                               download_source=args.download_source, device_map=args.device_map,
-                                              quant=args.quant)
+                                              quant=args.quant,
+                                              tensor_parallel=tensor_parallel_group(args.tensor_parallel_degree))
     tokenizer = load_tokenizer(model.model_dir)
+    # Greedy: every rank of a tensor-parallel group picks the same tokens from the same gathered logits.
     generation_config = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
-    if args.stream:
+    if args.stream and prints_answers(model):
         # Prints the answer as it is generated, then a newline.
         generation_config["streamer"] = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     return model, tokenizer, generation_config

@@ -46,6 +46,23 @@ def test_demo_prints_the_same_answer_as_chat(tiny, photo):
     assert proc.stdout == expected + "\n"
 
 
+def test_two_ranks_split_the_language_model_and_the_first_prints_the_answer(tiny, photo, tmp_path):
+    """--tensor_parallel_degree 2 under paddle.distributed.launch: here two CPU processes over gloo."""
+    args = ["--model_name_or_path", tiny, "--image_path", photo, "--text", QUESTION, "--max_num", "2",
+            "--max_new_tokens", "12", "--device", "cpu"]
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--log_dir", str(tmp_path / "logs"),
+                           "--nproc_per_node", "2", str(DEMO), *args, "--tensor_parallel_degree", "2"],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          cwd=REPO_ROOT)
+    logs = [(tmp_path / "logs" / f"workerlog.{rank}").read_text(errors="replace") for rank in (0, 1)]
+    assert proc.returncode == 0, logs[0][-3000:]
+    expected = run_demo(*args).stdout.strip()
+    assert expected and expected in logs[0].splitlines() and expected not in logs[1]
+    alone = run_demo(*args, "--tensor_parallel_degree", "2")
+    assert_one_line_error(alone, "--tensor_parallel_degree 2 needs 2 processes: run it under "
+                                 "`python -m paddle.distributed.launch` with 2 devices (this run has 1)")
+
+
 def assert_one_line_error(proc, pattern):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -8,7 +8,8 @@
 import argparse
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
-from paddlemix.cli import add_model_arguments, load_chat_model, prepare_device, run_main, setup_logging
+from paddlemix.cli import (add_model_arguments, load_chat_model, prepare_device, prints_answers, run_main,
+                           setup_logging)
 
 
 def parse_args(argv=None):
@@ -40,6 +41,8 @@ def main(argv=None):
     pixel_values = load_image(image, max_num=args.max_num) if image is not None else None
     model, tokenizer, generation_config = load_chat_model(args, dtype)
     response = model.chat(tokenizer, pixel_values, args.text, generation_config, verbose=args.verbose)
+    if not prints_answers(model):  # another rank of a tensor-parallel group shows it
+        return
     if not args.stream:
         print(response)
     if args.draw_boxes:

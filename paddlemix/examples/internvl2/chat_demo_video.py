@@ -12,7 +12,8 @@ of the video (or of `--bound START END` seconds), each tiled into at most `--max
 import argparse
 
 import paddlemix  # noqa: F401  (sets the CPU thread count before paddle is imported)
-from paddlemix.cli import add_model_arguments, load_chat_model, prepare_device, run_main, setup_logging
+from paddlemix.cli import (add_model_arguments, load_chat_model, prepare_device, prints_answers, run_main,
+                           setup_logging)
 
 
 def parse_args(argv=None):
@@ -46,7 +47,7 @@ def main(argv=None):
     question = video_question(len(num_patches_list), args.text)
     response = model.chat(tokenizer, pixel_values, question, generation_config, num_patches_list=num_patches_list,
                           verbose=args.verbose)
-    if not args.stream:
+    if not args.stream and prints_answers(model):
         print(response)
 
 
