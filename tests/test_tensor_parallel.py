@@ -157,3 +157,22 @@ def test_the_export_is_one_whole_checkpoint_like_one_process_writes(runs):
         _close(parallel[key], single[key], f"exported {key}")
         changed += not np.array_equal(single[key], _tensors(ckpt)[key]) if key.startswith("language_model.") else 0
     assert changed  # the step reached the export
+
+
+def test_a_rank_does_not_mistake_its_vocabulary_rows_for_a_short_vocabulary(tiny):
+    """The vocabulary is split over the ranks: the embeddings' rows are a share, not a size to grow."""
+    import paddle
+
+    from paddlemix.models.internvl2 import InternVLChatModel, train_model
+    from paddlemix.models.internvl2.config import InternVLChatConfig
+    from paddlemix.models.internvl2.tensor_parallel import TensorParallel, apply_tensor_parallel
+
+    ckpt, config, _ = tiny
+    vocab = config["llm_config"]["vocab_size"]
+    with paddle.LazyGuard():
+        model = InternVLChatModel(InternVLChatConfig.from_pretrained(str(ckpt)))
+        apply_tensor_parallel(model.language_model, TensorParallel(2, 1, group=object()))
+    assert train_model.resize_token_embeddings(model, vocab) == 0
+    with pytest.raises(ValueError, match=f"the tokenizer needs {vocab + 1} embedding rows and the checkpoint has "
+                                         f"{vocab}; growing them is not supported with tensor parallelism"):
+        train_model.resize_token_embeddings(model, vocab + 1)

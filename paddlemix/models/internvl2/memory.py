@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import paddle
 
 from .config import InternVLChatConfig
-from .tensor_parallel import _split_layout
+from .tensor_parallel import split_layout
 
 GIB = 2 ** 30
 LLM_LORA_LAYERS = (".self_attn.qkv_proj", ".self_attn.o_proj", ".mlp.gate_up_proj", ".mlp.down_proj")
@@ -83,7 +83,7 @@ def estimate(config, plan, shapes=None):
         local = _numel(shape)
         if name.startswith("language_model."):
             inner = name[len("language_model."):]
-            if _split_layout(llm, inner, tp) is not None:
+            if split_layout(llm, inner, tp) is not None:
                 local //= plan.tensor_parallel
             if plan.mode == "full":
                 trainable += local

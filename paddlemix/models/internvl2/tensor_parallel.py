@@ -320,7 +320,7 @@ def local_config(config, tp):
     return local
 
 
-def _split_layout(config, inner, tp):
+def split_layout(config, inner, tp):
     """(axis, full sizes of the parts split evenly over the ranks) of a language-model parameter in the
     model's own layout (Linear weights [in, out], LoRA's A [in, r] and B [r, out]), or None when every
     rank holds it whole."""
@@ -342,7 +342,7 @@ def _split_layout(config, inner, tp):
 def gather_parameter(config, inner, local, tp):
     """The whole language-model parameter `inner` (model layout) from every rank's slice `local`;
     every rank of the group calls it. Parameters that are not split come back as they are."""
-    layout = _split_layout(config, inner, tp) if tp is not None and tp.degree > 1 else None
+    layout = split_layout(config, inner, tp) if tp is not None and tp.degree > 1 else None
     if layout is None:
         return local
     axis, sizes = layout
@@ -357,7 +357,7 @@ def gather_parameter(config, inner, local, tp):
 def local_slice(config, inner, whole, tp):
     """This rank's slice of the whole language-model parameter `inner` (model layout), the inverse
     of `gather_parameter`; also for arrays split like that parameter (a LoRA factor)."""
-    layout = _split_layout(config, inner, tp) if tp is not None and tp.degree > 1 else None
+    layout = split_layout(config, inner, tp) if tp is not None and tp.degree > 1 else None
     if layout is None:
         return whole
     axis, sizes = layout

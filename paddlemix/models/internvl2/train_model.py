@@ -93,9 +93,13 @@ def resize_token_embeddings(model, vocab_size):
     """
     llm = model.language_model
     old_embeddings = llm.embed_tokens.weight
-    added = vocab_size - old_embeddings.shape[0]
+    added = vocab_size - model.config.llm.vocab_size  # a tensor-parallel rank holds only its rows
     if added <= 0:
         return 0
+    if llm.tensor_parallel is not None:
+        raise ValueError(f"the tokenizer needs {vocab_size} embedding rows and the checkpoint has "
+                         f"{model.config.llm.vocab_size}; growing them is not supported with tensor parallelism "
+                         "(add the rows in a run without it first)")
     hidden, dtype = old_embeddings.shape[1], old_embeddings.dtype
     embeddings = paddle.concat([old_embeddings, old_embeddings.mean(axis=0, keepdim=True).tile([added, 1])])
     head = llm.lm_head.weight  # [hidden, vocab]
