@@ -121,13 +121,15 @@ def prepare_device(args):
         paddle.set_device(args.device)
     if args.max_num < 1:
         raise ValueError(f"--max_num must be at least 1, got {args.max_num}")
-    if args.tensor_parallel_degree < 1:
-        raise ValueError(f"--tensor_parallel_degree must be at least 1, got {args.tensor_parallel_degree}")
     return resolve_dtype(args.dtype)
 
 
 def tensor_parallel_group(degree):
-    """This process's place in the tensor-parallel group paddle.distributed.launch started, or None for 1."""
+    """This process's place in the tensor-parallel group paddle.distributed.launch started, or None for 1.
+
+    Called before the model is loaded (or downloaded), so a wrong degree fails at once."""
+    if degree < 1:
+        raise ValueError(f"--tensor_parallel_degree must be at least 1, got {degree}")
     if degree == 1:
         return None
     import paddle.distributed as dist

@@ -1,8 +1,9 @@
 """Tensor parallelism (tensor_parallel.py) on two CPU processes over gloo against the single-process model.
 
 Tiny checkpoints with the real structure of InternVL2-Llama3-76B (Llama-3 LLM, its vocabulary split
-over the ranks, InternViT-6B-style ViT) and InternVL2-26B (InternLM2 with its grouped wqkv; its odd
-vocabulary stays whole on every rank). tensor_parallel_worker.py runs one forward and backward with
+over the ranks, InternViT-6B-style ViT), InternVL2-26B (InternLM2 with its grouped wqkv; its odd
+vocabulary stays whole on every rank) and InternVL2-4B (Phi-3, which stores q/k/v and gate/up
+fused). tensor_parallel_worker.py runs one forward and backward with
 an image, an SGD step and the export, and writes what each rank holds.
 """
 import os
@@ -33,7 +34,7 @@ def _run(args, tmp_path, ranks):
     assert done.returncode == 0, logs + done.stdout[-2000:] + done.stderr[-3000:]
 
 
-@pytest.fixture(scope="module", params=["internvl2-llama3-76b", "internvl2-26b"])
+@pytest.fixture(scope="module", params=["internvl2-llama3-76b", "internvl2-26b", "internvl2-4b"])
 def tiny(request, tmp_path_factory):
     """(checkpoint dir, config, inputs.npz) with one structure."""
     root = tmp_path_factory.mktemp(request.param)
@@ -101,31 +102,33 @@ def test_the_gathered_parameters_gradients_and_step_equal_one_process(runs):
 def test_each_rank_holds_exactly_its_half_of_the_checkpoint_tensors(runs):
     ckpt, config, _, whole, ranks, _ = runs
     llm = config["llm_config"]
+    family = llm["architectures"][0]
     split_vocab = llm["vocab_size"] % 2 == 0
+    names = {"LlamaForCausalLM": ("self_attn.q_proj", "mlp.down_proj", "lm_head", "embed_tokens"),
+             "Phi3ForCausalLM": ("self_attn.qkv_proj", "mlp.down_proj", "lm_head", "embed_tokens"),
+             "InternLM2ForCausalLM": ("attention.wqkv", "feed_forward.w2", "output", "tok_embeddings")}[family]
     with open_checkpoint(str(ckpt)) as checkpoint:
-        keys = checkpoint.keys()
-        if llm["architectures"][0] == "LlamaForCausalLM":
-            q = checkpoint.get("language_model.model.layers.0.self_attn.q_proj.weight")
-            down = checkpoint.get("language_model.model.layers.0.mlp.down_proj.weight")
-            head = checkpoint.get("language_model.lm_head.weight")
-            embed = checkpoint.get("language_model.model.embed_tokens.weight")
-        else:
-            wqkv = checkpoint.get("language_model.model.layers.0.attention.wqkv.weight")
-            down = checkpoint.get("language_model.model.layers.0.feed_forward.w2.weight")
-            head = checkpoint.get("language_model.output.weight")
-            embed = checkpoint.get("language_model.model.tok_embeddings.weight")
-    assert keys
+        qkv_stored, down, head, embed = (
+            checkpoint.get(f"language_model.model.layers.0.{names[0]}.weight"),
+            checkpoint.get(f"language_model.model.layers.0.{names[1]}.weight"),
+            checkpoint.get(f"language_model.{names[2]}.weight"),
+            checkpoint.get(f"language_model.model.{names[3]}.weight"))
     heads, kv, dim = llm["num_attention_heads"], llm["num_key_value_heads"], llm["hidden_size"] // llm[
         "num_attention_heads"]
     for r, rank in enumerate(ranks):
         qkv = rank["local/layers.0.self_attn.qkv_proj.weight"].T  # [out, in] as stored
         assert qkv.shape[0] == (heads + 2 * kv) * dim // 2
-        if llm["architectures"][0] == "LlamaForCausalLM":
-            half = heads * dim // 2
-            np.testing.assert_array_equal(qkv[:half], q[r * half:(r + 1) * half])
+        half_q, half_kv = heads * dim // 2, kv * dim // 2
+        if family == "LlamaForCausalLM":  # q_proj stored alone
+            np.testing.assert_array_equal(qkv[:half_q], qkv_stored[r * half_q:(r + 1) * half_q])
+        elif family == "Phi3ForCausalLM":  # [Q | K | V] stored fused: this rank's half of each
+            for offset, size, local in ((0, 2 * half_q, 0), (2 * half_q, 2 * half_kv, half_q),
+                                        (2 * half_q + 2 * half_kv, 2 * half_kv, half_q + half_kv)):
+                part = qkv_stored[offset:offset + size]
+                np.testing.assert_array_equal(qkv[local:local + size // 2], part[r * size // 2:(r + 1) * size // 2])
         else:  # whole KV groups: this rank's rows of wqkv, in [Q | K | V] order
-            group_rows = wqkv.shape[0] // 2
-            mine = wqkv[r * group_rows:(r + 1) * group_rows]
+            group_rows = qkv_stored.shape[0] // 2
+            mine = qkv_stored[r * group_rows:(r + 1) * group_rows]
             assert sorted(map(tuple, qkv)) == sorted(map(tuple, mine))
         inner = down.shape[1] // 2
         np.testing.assert_array_equal(rank["local/layers.0.mlp.down_proj.weight"].T, down[:, r * inner:(r + 1) * inner])

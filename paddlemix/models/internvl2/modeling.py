@@ -449,6 +449,9 @@ class InternVLChatModel(nn.Layer):
             model.load_checkpoint(checkpoint, dtype, device_map)
         if quant:
             quantize_language_model(model.language_model, quant)
+        if tensor_parallel is not None and tensor_parallel.degree > 1:
+            logger.info("tensor-parallel rank %d of %d loaded its slice: %s", tensor_parallel.rank,
+                        tensor_parallel.degree, peak_memory())
         model.name_or_path, model.model_dir = str(path_or_id), model_dir
         model.eval()
         return model
@@ -473,6 +476,16 @@ class InternVLChatModel(nn.Layer):
         os.makedirs(save_dir, exist_ok=True)
         save_checkpoint(save_dir, self.state_for_checkpoint(), dtype=dtype, max_shard_bytes=max_shard_bytes)
         self.config.save(save_dir)
+
+
+def peak_memory():
+    """This process's peak host memory so far, and its GPU's peak allocation when it has one."""
+    import resource
+
+    said = f"peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    if paddle.is_compiled_with_cuda() and paddle.get_device().startswith("gpu"):
+        said += f", peak GPU memory {paddle.device.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return said
 
 
 def _load_threads():
