@@ -11,7 +11,8 @@
 #                          only); sharding stage1 splits the optimizer over GPUS / TENSOR_PARALLEL
 #   DEVICE_GIB             memory per card for the estimate printed before launch (default 80)
 #   PER_DEVICE_BATCH_SIZE  samples per device and step (default per script)
-#   BATCH_SIZE             global batch (128 full, 16 LoRA); accumulation = BATCH_SIZE / (PER_DEVICE * GPUS)
+#   BATCH_SIZE             global batch (128 full, 16 LoRA);
+#                          accumulation = BATCH_SIZE / (PER_DEVICE * GPUS / TENSOR_PARALLEL)
 #   MODEL                  checkpoint dir or hub id (default ./pretrained/<MODEL_NAME>)
 #   META_PATH              meta JSON of the datasets (default ./shell/data/internvl_1_2_finetune_custom.json)
 #   OUTPUT_DIR             default work_dirs/internvl_chat_v2_0/<script name>
@@ -33,7 +34,6 @@ is_positive_int() {
 }
 
 # The command as one line that bash reads back unchanged, quoting only what needs it.
-
 print_command() {
   local arg line=""
   for arg in "$@"; do
