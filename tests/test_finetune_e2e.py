@@ -12,6 +12,7 @@ import pytest
 from paddleformers.trainer import Trainer, TrainerCallback
 
 from paddlemix.examples.internvl2.internvl_chat_finetune import check_weights_fit_device, main
+from paddlemix.models.internvl2.tensor_parallel import TensorParallel, apply_tensor_parallel
 from paddlemix.models.internvl2 import InternVLChatModel, load_image, load_tokenizer
 from paddlemix.models.internvl2.checkpoint import open_checkpoint
 from paddlemix.models.internvl2.train_data import Collator, DataConfig, SupervisedDataset
@@ -160,9 +161,12 @@ def test_weights_too_big_for_the_device_stop_before_loading(tiny):
     assert str(error.value).startswith(f"the model's {count / 1e9:.1f}B weights need {4 * count / 2**30:.1f} GiB in "
                                        "float32 on every device before sharding splits them, more than the ")
     assert check_weights_fit_device(tiny, "float32") is None  # no GPU here: nothing to check
-    # Tensor parallelism: each device holds half of the language model and all of the rest.
-    llm = sum(math.prod(param.shape) for param in model.language_model.parameters())
-    half = 4 * (count - llm + llm // 2)
+    # Tensor parallelism: each device holds its share as tensor_parallel.py splits the model.
+    with paddle.LazyGuard():
+        split = InternVLChatModel(model.config)
+        apply_tensor_parallel(split.language_model, TensorParallel(2, 0, group=object()))
+    half = 4 * sum(math.prod(param.shape) for param in split.parameters())
+    assert half < 4 * count
     assert check_weights_fit_device(tiny, "float32", device_bytes=half, tensor_parallel_degree=2) is None
     with pytest.raises(ValueError, match="on every device with --tensor_parallel_degree 2, more than the"):
         check_weights_fit_device(tiny, "float32", device_bytes=half - 4 * 64, tensor_parallel_degree=2)

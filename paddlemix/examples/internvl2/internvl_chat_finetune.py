@@ -34,6 +34,7 @@ from paddlemix.models.internvl2.checkpoint import open_checkpoint
 from paddlemix.models.internvl2.config import InternVLChatConfig
 from paddlemix.models.internvl2.conversation import TEMPLATE_NAMES
 from paddlemix.models.internvl2.hub import resolve_model_dir
+from paddlemix.models.internvl2.memory import Plan, estimate
 from paddlemix.models.internvl2.tensor_parallel import TensorParallel
 from paddlemix.models.internvl2.train_data import (NORMALIZATION, POLICIES, Collator, DataConfig,
                                                    SupervisedDataset, load_meta)
@@ -224,11 +225,10 @@ def check_weights_fit_device(model_dir, dtype, device_bytes=None, tensor_paralle
             return
         device_bytes = paddle.device.cuda.get_device_properties(device).total_memory
     with open_checkpoint(model_dir) as checkpoint:
-        counts = [math.prod(checkpoint.shape(name)) for name in checkpoint.keys()]
-        count = sum(counts)
-        share = sum(size // (tensor_parallel_degree if name.startswith("language_model.") else 1)
-                    for name, size in zip(checkpoint.keys(), counts))
-    needed = share * (4 if dtype == "float32" else 2)
+        count = sum(math.prod(checkpoint.shape(name)) for name in checkpoint.keys())
+    # A rank's share, split exactly as tensor_parallel.py splits it (the model is built without memory).
+    needed = estimate(InternVLChatConfig.from_pretrained(model_dir),
+                      Plan(mode="full", tensor_parallel=tensor_parallel_degree, dtype=dtype))["weights"]
     if needed > device_bytes:
         where = (f"with --tensor_parallel_degree {tensor_parallel_degree}" if tensor_parallel_degree > 1
                  else "before sharding splits them")
