@@ -19,6 +19,7 @@ tensor_parallel.py splits it. The rest is the usual arithmetic, stated so it can
 """
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -57,13 +58,6 @@ def parameter_shapes(config):
     return {name: list(param.shape) for name, param in model.named_parameters()}
 
 
-def _numel(shape):
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
 def _lora_count(inner, shape, plan):
     """Parameters of one LoRA adapter on a [in, out] weight, as a rank holds them: the factor that
     follows the weight's split (B by columns, A by rows) is split too."""
@@ -80,7 +74,7 @@ def estimate(config, plan, shapes=None):
     element = 2 if plan.dtype in ("bfloat16", "float16") else 4
     held = trainable = 0
     for name, shape in shapes.items():
-        local = _numel(shape)
+        local = math.prod(shape)
         if name.startswith("language_model."):
             inner = name[len("language_model."):]
             if split_layout(llm, inner, tp) is not None:
