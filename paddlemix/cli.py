@@ -139,8 +139,7 @@ def tensor_parallel_group(degree):
         raise ValueError(f"--tensor_parallel_degree {degree} needs {degree} processes: run it under "
                          f"`python -m paddle.distributed.launch` with {degree} devices (this run has "
                          f"{dist.get_world_size()})")
-    dist.init_parallel_env()
-    return TensorParallel(degree, dist.get_rank(), dist.new_group(list(range(degree))))
+    return TensorParallel.over_all_processes()
 
 
 def prints_answers(model):

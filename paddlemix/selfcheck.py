@@ -210,14 +210,11 @@ def tensor_parallel_worker(folder):
     """One rank of `run_tensor_parallel` (under paddle.distributed.launch); rank 0 writes the result."""
     import numpy as np
     import paddle
-    import paddle.distributed as dist
 
     from paddlemix.models.internvl2 import InternVLChatModel
     from paddlemix.models.internvl2.tensor_parallel import TensorParallel
 
-    dist.init_parallel_env()
-    ranks = dist.get_world_size()
-    tp = TensorParallel(ranks, dist.get_rank(), dist.new_group(list(range(ranks))))
+    tp = TensorParallel.over_all_processes()
     model = InternVLChatModel.from_pretrained(os.path.join(folder, "model"), dtype="float32", tensor_parallel=tp)
     model.img_context_token_id = IMAGE_CONTEXT_ID
     inputs = np.load(os.path.join(folder, "inputs.npz"))

@@ -15,7 +15,6 @@ import sys
 import paddlemix  # noqa: F401  (thread count before paddle)
 import numpy as np
 import paddle
-import paddle.distributed as dist
 
 from paddlemix.models.internvl2 import InternVLChatModel
 from paddlemix.models.internvl2 import train_model as tm
@@ -37,11 +36,8 @@ def set_lora_factors(model, tp):
 
 
 def main(checkpoint, inputs, out, mode):
-    tp, rank = None, 0
-    if dist.get_world_size() > 1:
-        dist.init_parallel_env()
-        rank = dist.get_rank()
-        tp = TensorParallel(dist.get_world_size(), rank, dist.new_group(list(range(dist.get_world_size()))))
+    tp = TensorParallel.over_all_processes()
+    rank = 0 if tp is None else tp.rank
     model = InternVLChatModel.from_pretrained(checkpoint, dtype="float32", cpu_bf16_weights=False if tp is None
                                               else None, tensor_parallel=tp)
     llm = model.language_model

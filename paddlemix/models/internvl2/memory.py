@@ -58,13 +58,15 @@ def parameter_shapes(config):
     return {name: list(param.shape) for name, param in model.named_parameters()}
 
 
-def _lora_count(inner, shape, plan):
-    """Parameters of one LoRA adapter on a [in, out] weight, as a rank holds them: the factor that
-    follows the weight's split (B by columns, A by rows) is split too."""
+def _lora_count(config, module, shape, plan, tp):
+    """Parameters of one LoRA adapter on a [in, out] weight, as a rank holds them (split as
+    tensor_parallel.split_layout splits A [in, r] and B [r, out])."""
     fan_in, fan_out = shape
-    if inner.endswith((".qkv_proj.weight", ".gate_up_proj.weight")):
-        return plan.lora_rank * (fan_in + fan_out // plan.tensor_parallel)
-    return plan.lora_rank * (fan_in // plan.tensor_parallel + fan_out)
+    if split_layout(config, f"{module}.lora_A", tp) is not None:
+        fan_in //= plan.tensor_parallel
+    if split_layout(config, f"{module}.lora_B", tp) is not None:
+        fan_out //= plan.tensor_parallel
+    return plan.lora_rank * (fan_in + fan_out)
 
 
 def estimate(config, plan, shapes=None):
@@ -82,7 +84,7 @@ def estimate(config, plan, shapes=None):
             if plan.mode == "full":
                 trainable += local
             elif inner.endswith(".weight") and inner[:-len(".weight")].endswith(LLM_LORA_LAYERS):
-                adapter = _lora_count(inner, shape, plan)
+                adapter = _lora_count(llm, inner[:-len(".weight")], shape, plan, tp)
                 trainable, held = trainable + adapter, held + adapter
         elif name.startswith("mlp1.") and plan.mode == "full":
             trainable += local

@@ -363,7 +363,7 @@ class InternVLChatModel(nn.Layer):
         """(checkpoint name, numpy array in HF layout) pairs, one parameter at a time.
 
         With tensor parallelism every rank of the group must iterate: each split parameter is
-        gathered whole (a collective) before it is yielded.
+        gathered whole (a collective), and rank 0 yields it.
         """
         tp = self.language_model.tensor_parallel
         for name, param, keys, is_linear in self._checkpoint_entries():
@@ -374,6 +374,8 @@ class InternVLChatModel(nn.Layer):
                                       "nothing was written")
             if name.startswith("language_model."):
                 param = gather_parameter(self.config.llm, name[len("language_model."):], param.detach(), tp)
+            if tp is not None and tp.rank != 0:
+                continue  # it took part in the gather; rank 0 converts and writes
             array = param.astype("float32").numpy()
             if is_linear:
                 array = np.ascontiguousarray(array.T)
@@ -470,7 +472,7 @@ class InternVLChatModel(nn.Layer):
         """
         tp = self.language_model.tensor_parallel
         if tp is not None and tp.rank != 0:
-            for _ in self.state_for_checkpoint():  # the gathers rank 0 writes from
+            for _ in self.state_for_checkpoint():  # takes part in the gathers; yields nothing here
                 pass
             return
         os.makedirs(save_dir, exist_ok=True)

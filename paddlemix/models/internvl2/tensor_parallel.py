@@ -53,6 +53,15 @@ class TensorParallel:
         return cls(hcg.get_model_parallel_world_size(), hcg.get_model_parallel_rank(),
                    hcg.get_model_parallel_group())
 
+    @classmethod
+    def over_all_processes(cls):
+        """All the processes paddle.distributed.launch started as one group, or None for a single one."""
+        ranks = dist.get_world_size()
+        if ranks == 1:
+            return None
+        dist.init_parallel_env()
+        return cls(ranks, dist.get_rank(), dist.new_group(list(range(ranks))))
+
     def part(self, size):
         """(start, stop) of this rank's even share of `size` rows."""
         share = size // self.degree
@@ -277,37 +286,28 @@ def apply_tensor_parallel(language_model, tp):
     language_model.tensor_parallel = tp
 
 
-def _column_parts(config, inner, keys, shapes):
-    """(checkpoint key, first row, rows) of each part of a column-parallel weight that ranks split evenly."""
-    if len(keys) > 1:  # stored apart: q, k, v or gate, up
-        return [(key, 0, shape[0]) for key, shape in zip(keys, shapes)]
-    key, rows = keys[0], shapes[0][0]
-    if ".gate_up_proj." in inner:  # Phi-3 stores [gate | up]
-        return [(key, 0, rows // 2), (key, rows // 2, rows // 2)]
-    if ".qkv_proj." in inner and config.family != "internlm2":  # Phi-3 stores [Q | K | V]
-        q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-        return [(key, 0, q), (key, q, kv), (key, q + kv, kv)]
-    return [(key, 0, rows)]  # InternLM2's wqkv: a rank's whole KV groups are neighbours
-
-
 def checkpoint_slices(config, inner, keys, shapes, tp):
     """Which part of which checkpoint tensor ([out, in] layout) this rank loads for the language-model
     parameter `inner`: a list of (key, axis, start, stop) to concatenate along axis 0, or None for the
-    whole tensor(s) (replicated parameters)."""
-    if tp is None or tp.degree == 1:
+    whole tensor(s) (replicated parameters). The split is `split_layout`'s, seen in the stored layout."""
+    layout = split_layout(config, inner, tp) if tp is not None and tp.degree > 1 else None
+    if layout is None:
         return None
-    module = inner.rsplit(".", 1)[0]
-    if module.endswith((".qkv_proj", ".gate_up_proj")):
-        slices = []
-        for key, first, rows in _column_parts(config, inner, keys, shapes):
-            start, stop = tp.part(rows)
-            slices.append((key, 0, first + start, first + stop))
-        return slices
-    if module.endswith((".o_proj", ".down_proj")) and inner.endswith(".weight"):
+    axis, sizes = layout
+    if axis == 0 and not inner.startswith("embed_tokens."):  # a Linear's input rows: the stored columns
         return [(keys[0], 1, *tp.part(shapes[0][1]))]
-    if module in ("embed_tokens", "lm_head") and vocab_is_split(config, tp):
-        return [(keys[0], 0, *tp.part(shapes[0][0]))]
-    return None
+    if len(keys) > 1:  # stored apart: q, k, v or gate, up
+        parts = [(key, 0, shape[0]) for key, shape in zip(keys, shapes)]
+    elif config.family == "internlm2" and ".qkv_proj." in inner:  # wqkv: a rank's whole KV groups are neighbours
+        parts = [(keys[0], 0, shapes[0][0])]
+    else:  # one stored tensor of the parts side by side (Phi-3's q/k/v and gate/up; a vocabulary)
+        firsts = [sum(sizes[:i]) for i in range(len(sizes))]
+        parts = [(keys[0], first, size) for first, size in zip(firsts, sizes)]
+    slices = []
+    for key, first, rows in parts:
+        start, stop = tp.part(rows)
+        slices.append((key, 0, first + start, first + stop))
+    return slices
 
 
 def local_config(config, tp):

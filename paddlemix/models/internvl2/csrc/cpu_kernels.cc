@@ -531,8 +531,9 @@ void project(const float* x, int64_t rows, const paddle::Tensor& w, const float*
   }
 }
 
-// The float data of an optional input: empty means none.
-const float* data_or_null(const paddle::Tensor& t) { return t.numel() ? t.data<float>() : nullptr; }
+// The data of an optional input (float32 by default; bool for masks): empty means none.
+template <typename T = float>
+const T* data_or_null(const paddle::Tensor& t) { return t.numel() ? t.data<T>() : nullptr; }
 
 // x [..., K] times the weight [N, K] (see `project`); `bias` [N], or empty for none.
 paddle::Tensor linear(const paddle::Tensor& x, const paddle::Tensor& w, const float* scale, const paddle::Tensor& bias,
@@ -1007,7 +1008,7 @@ std::vector<paddle::Tensor> PrefillAttention(const paddle::Tensor& qkv, const pa
            "the mask must be bool [B, 1, T, past + T], or empty for causal");
   auto out = paddle::empty({batch, steps, heads * dim}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const float *qd = qkv.data<float>(), *cd = cos.data<float>(), *sd = sin.data<float>();
-  const bool* md = mask.numel() ? mask.data<bool>() : nullptr;
+  const bool* md = data_or_null<bool>(mask);
   float *kd = k_cache.data<float>(), *vd = v_cache.data<float>(), *od = out.data<float>();
   const int64_t groups = heads / kv_heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
@@ -1112,7 +1113,7 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, const pad
            "the mask must be bool [B, 1, 1, past + 1], or empty for none");
   auto out = paddle::empty({batch, 1, heads * dim}, paddle::DataType::FLOAT32, paddle::CPUPlace());
   decode_attention_rows(qkv.data<float>(), cos.data<float>(), sin.data<float>(), k_cache.data<float>(),
-                        v_cache.data<float>(), mask.numel() ? mask.data<bool>() : nullptr, batch, length, dim, heads,
+                        v_cache.data<float>(), data_or_null<bool>(mask), batch, length, dim, heads,
                         kv_heads, past, isa, out.data<float>());
   return {out};
 }
@@ -1304,7 +1305,7 @@ std::vector<paddle::Tensor> DecodeLayer(const paddle::Tensor& x, const paddle::T
     rms_norm_row(isa, xd + b * hidden, nullptr, norm1, eps, normed.data() + b * hidden, nullptr, hidden);
   project(normed.data(), batch, qkv_w, data_or_null(params[3]), data_or_null(params[4]), qkv.data(), isa);
   decode_attention_rows(qkv.data(), cos.data<float>(), sin.data<float>(), k_cache.data<float>(), v_cache.data<float>(),
-                        mask.numel() ? mask.data<bool>() : nullptr, batch, length, dim, heads, kv_heads, past, isa,
+                        data_or_null<bool>(mask), batch, length, dim, heads, kv_heads, past, isa,
                         attended.data());
   project(attended.data(), batch, o_w, data_or_null(params[6]), data_or_null(params[7]), projected.data(),
           isa);
