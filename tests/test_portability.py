@@ -19,8 +19,9 @@ import paddle
 import paddle.incubate.nn.functional as IF
 import pytest
 
+import paddlemix
 from conftest import random_pixels
-from paddlemix.models.internvl2 import InternVLChatModel, kernels
+from paddlemix.models.internvl2 import InternVLChatModel, kernels, native
 from test_kernels import HAS_AVX512, _image_inputs, _logits
 
 GREEDY = dict(max_new_tokens=6, do_sample=False)
@@ -121,6 +122,46 @@ def test_the_kernel_tests_pass_as_on_a_cpu_without_avx512():
     summary = done.stdout.strip().splitlines()[-1]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " 1 skipped" in summary and "failed" not in summary  # only the AVX-512 kernel's own check
+
+
+# --- MKL's kernels on CPUs not made by Intel ----------------------------------------------------
+CPU_FEATURES = np.core._multiarray_umath.__cpu_features__
+HAS_AVX2_FMA = bool(CPU_FEATURES.get("AVX2") and CPU_FEATURES.get("FMA3"))
+
+
+def test_mkl_is_asked_for_its_avx2_kernels_only_off_intel_and_with_avx2():
+    assert paddlemix.mkl_cpu_type("AuthenticAMD", True) == "5"
+    assert paddlemix.mkl_cpu_type("HygonGenuine", True) == "5"
+    assert paddlemix.mkl_cpu_type("GenuineIntel", True) is None  # MKL picks its best kernels itself
+    assert paddlemix.mkl_cpu_type("AuthenticAMD", False) is None  # its AVX2 kernels would fault
+    assert paddlemix.mkl_cpu_type("", True) is None
+
+
+def _mkl_type_after_import(**env):
+    environment = {key: value for key, value in os.environ.items() if key != "MKL_DEBUG_CPU_TYPE"}
+    code = "import os, paddlemix; print(repr(os.environ.get('MKL_DEBUG_CPU_TYPE')))"
+    done = subprocess.run([sys.executable, "-c", code], env=dict(environment, **env), capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
+
+
+def test_import_sets_the_mkl_cpu_type_from_this_cpu_and_keeps_the_users():
+    expected = paddlemix.mkl_cpu_type(paddlemix._cpu_vendor(), HAS_AVX2_FMA) if IS_X86 else None
+    assert _mkl_type_after_import() == repr(expected)
+    assert _mkl_type_after_import(MKL_DEBUG_CPU_TYPE="4") == "'4'"
+
+
+@pytest.mark.skipif(native._mkl_flags() == ([], []), reason="this Paddle wheel ships no MKL BLAS")
+@pytest.mark.skipif(not HAS_AVX2_FMA, reason="MKL's AVX2 kernels need AVX2 and FMA")
+def test_the_kernel_tests_pass_with_mkls_other_choice_of_kernels():
+    """Where import set type 5 (not Intel), MKL's own choice again; elsewhere its AVX2 kernels by type 5."""
+    other = "" if os.environ.get("MKL_DEBUG_CPU_TYPE") == "5" else "5"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_native_kernels.py", "-k", "gemm or attention or decode_layer"], cwd=repo,
+                          env=dict(os.environ, MKL_DEBUG_CPU_TYPE=other), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
 
 
 # --- a real CPU without AVX-512, emulated -------------------------------------------------------
