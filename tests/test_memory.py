@@ -86,3 +86,15 @@ def test_a_measured_fp32_step_on_cpu_is_within_a_fifth_of_the_estimate(tmp_path)
     logger.info("measured %.2f GiB over the baseline; estimated %s", added / GIB,
                 ", ".join(f"{k} {v / GIB:.2f}" for k, v in parts.items()))
     assert abs(added - parts["total"]) <= 0.2 * parts["total"], (added / GIB, {k: v / GIB for k, v in parts.items()})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and exec pass ru_maxrss on Linux")
+def test_the_peak_rss_is_the_process_own_not_its_parents():
+    """The benchmark's and measure_memory.py's workers are started by a parent that may hold GBs."""
+    ballast = np.ones(int(1.5e9) // 8)  # written, so resident in this process
+    code = ("import json, resource; from paddlemix.models.internvl2.memory import peak_host_rss_bytes; "
+            "print(json.dumps([peak_host_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own, inherited = json.loads(done.stdout.strip().splitlines()[-1])
+    assert inherited > ballast.nbytes  # the trap: ru_maxrss counts the parent's ballast
+    assert own < 1e9  # importing paddle takes about 0.35 GB

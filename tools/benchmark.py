@@ -16,7 +16,7 @@ Method, the same on both sides:
 * load: wall time of ``from_pretrained(dir, fp32)``. transformers cannot read InternVL's original
   names, so its worker loads a one-time, cached conversion of the same weights to its own layout
   (same bytes, bf16) with ``InternVLForConditionalGeneration.from_pretrained``.
-* peak RSS: ``ru_maxrss`` of the worker after loading, the ViT and the chats (before int8), against the
+* peak RSS: the worker's own high-water mark (``VmHWM``) after loading, the ViT and the chats (before int8), against the
   fp32 bytes of all weights. Not right after loading: weights used from a memory map of the files
   come into memory when first used.
 * int8: Paddle only, after the rest: ``from_pretrained(quant="weight_only_int8")`` and the batch-1
@@ -161,7 +161,16 @@ def read_seconds(paths):
 
 
 def peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This worker's own peak RSS (memory.peak_host_rss_bytes; the torch worker cannot import paddlemix).
+    Not ru_maxrss: it inherits this parent's high-water mark (the 1 GiB bandwidth matrix, a checkpoint build)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def dram_read_bandwidth(nbytes, threads, repeats=5, width=1024):

@@ -5,7 +5,7 @@
 TOKENIZER_DIR holds the real config.json and tokenizer of the model (e.g. ../shared/assets/
 tokenizers/internvl2-2b). A random checkpoint of the real shape is built once in the workdir (bf16,
 as released), then a fresh process loads it with `from_pretrained`, chats about one 448px tile for
-8 new tokens and reports its peak resident memory (`ru_maxrss`), after loading and after the chat.
+8 new tokens and reports its peak resident memory (VmHWM), after loading and after the chat.
 `--config` takes the model's shape from another config.json (e.g. tests/data/configs/internvl2-8b.json).
 When its vocabulary does not match the tokenizer's (InternVL2-4B's Phi-3 tokenizer is not here), the
 process generates from the same prompt as token ids instead of chatting: the same work and memory.
@@ -23,14 +23,15 @@ from benchmark import real_sizes  # noqa: E402
 from make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
 CHILD = """
-import json, resource, sys
+import json, sys
 import numpy as np
 import paddlemix  # noqa: F401
 import paddle
 from paddlemix.models.internvl2 import InternVLChatModel, load_tokenizer
+from paddlemix.models.internvl2.memory import peak_host_rss_bytes
 path, keep_bf16, with_tokenizer = sys.argv[1], sys.argv[2] == "bf16", sys.argv[3] == "chat"
 model = InternVLChatModel.from_pretrained(path, cpu_bf16_weights=None if keep_bf16 else False)
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+loaded = peak_host_rss_bytes()
 pixels = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 3, 448, 448), dtype=np.float32))
 if with_tokenizer:
     model.chat(load_tokenizer(path), pixels, "<image>\\nDescribe the image.", dict(max_new_tokens=8, do_sample=False))
@@ -38,7 +39,7 @@ else:  # a chat prompt's length: one tile of image tokens (id 5) between text to
     model.img_context_token_id = 5
     ids = np.array([[1] * 20 + [5] * model.num_image_token + [1] * 20])
     model.generate(pixel_values=pixels, input_ids=ids, max_new_tokens=8, do_sample=False)
-chatted = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+chatted = peak_host_rss_bytes()
 weights = sum(int(np.prod(p.shape)) * p.element_size() for p in model.parameters())
 print(json.dumps({"peak_rss_after_load": loaded, "peak_rss_after_chat": chatted, "weight_bytes": weights}))
 """

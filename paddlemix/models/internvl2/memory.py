@@ -34,6 +34,21 @@ GIB = 2 ** 30
 LLM_LORA_LAYERS = (".self_attn.qkv_proj", ".self_attn.o_proj", ".mlp.gate_up_proj", ".mlp.down_proj")
 
 
+def peak_host_rss_bytes():
+    """This process's own peak resident memory. On Linux from VmHWM, not ru_maxrss: a process started
+    by fork and exec inherits its parent's high-water mark in ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # not Linux
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 @dataclass
 class Plan:
     """How a run trains: what the estimate depends on besides the config."""

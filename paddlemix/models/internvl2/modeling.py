@@ -482,9 +482,9 @@ class InternVLChatModel(nn.Layer):
 
 def peak_memory():
     """This process's peak host memory so far, and its GPU's peak allocation when it has one."""
-    import resource
+    from .memory import peak_host_rss_bytes
 
-    said = f"peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    said = f"peak host RSS {peak_host_rss_bytes() / 2**30:.2f} GiB"
     if paddle.is_compiled_with_cuda() and paddle.get_device().startswith("gpu"):
         said += f", peak GPU memory {paddle.device.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     return said
