@@ -433,8 +433,14 @@ class OtherLoad:
         return max(0.0, (busy1 - busy0) / (wall1 - wall0))
 
 
+# The environment as the user started the benchmark: building a checkpoint imports paddlemix in this
+# parent, which sets variables for its own process (MKL_DEBUG_CPU_TYPE on CPUs not made by Intel) that
+# must not reach the reference's worker.
+USER_ENVIRONMENT = dict(os.environ)
+
+
 def worker_env(threads):
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return dict(USER_ENVIRONMENT, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
 
 def derive(raw, dram_bps):
