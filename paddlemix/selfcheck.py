@@ -252,6 +252,12 @@ def environment_lines(kind):
     lines.append(f"cpu: {platform.machine()} {_cpu_name()}, {os.cpu_count()} cores; features {' '.join(shown) or 'none'}"
                  f"; paddle says avx512f={core.supports_avx512f()} bf16={core.supports_bfloat16()} "
                  f"vnni={core.supports_vnni()}")
+    mkl_type = os.environ.get("MKL_DEBUG_CPU_TYPE")
+    if mkl_type is None:
+        lines.append("mkl: its own choice of kernels")
+    else:
+        why = " (its AVX2 kernels on a CPU not made by Intel)" if mkl_type == "5" else ""
+        lines.append(f"mkl: MKL_DEBUG_CPU_TYPE={mkl_type}{why}")
     return lines
 
 

@@ -6,6 +6,7 @@ on an emulated Haswell, where an AVX-512 instruction would kill the process.
 """
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -428,3 +429,42 @@ def test_without_mkl_the_decoding_step_multiplies_with_its_own_loops(tmp_path):
                           env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+def test_a_prefill_over_256_tokens_attends_as_the_plain_ops_on_every_call(ops):
+    """A schedule(dynamic) loop in the kernels took libgomp's work sharing inside libiomp5's parallel
+    region: prompts over 256 tokens got wrong attention, different from call to call (1 of 20 calls right)."""
+    if not hasattr(ops, "paddlemix_prefill_attention"):
+        pytest.skip("this Paddle wheel ships no MKL BLAS, which the prefill attention uses")
+    rng = np.random.default_rng(0)
+    heads, kv_heads, dim, steps = 14, 2, 64, 271
+    qkv = paddle.to_tensor(rng.standard_normal((1, steps, (heads + 2 * kv_heads) * dim), dtype=np.float32))
+    angles = rng.standard_normal((1, steps, dim)).astype(np.float32)
+    cos, sin = paddle.to_tensor(np.cos(angles)), paddle.to_tensor(np.sin(angles))
+
+    def attend():
+        caches = [paddle.zeros([1, kv_heads, steps + 3, dim]) for _ in range(2)]
+        return kernels.cached_attention(qkv, cos, sin, *caches, 0, heads, kv_heads).numpy()
+
+    with kernels.only_fast_paths():
+        want = attend()
+    for _ in range(4):
+        _close(attend(), want)
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm to list the library's symbols")
+def test_the_kernels_take_every_openmp_entry_point_from_the_wheels_runtime(ops):
+    """Every GOMP_* function the library calls must be one the wheel's libiomp5 offers: the others come
+    from libgomp and break the work sharing inside libiomp5's parallel regions (see the test above)."""
+    runtime = native._openmp_link_flags()
+    if runtime == ["-fopenmp"]:
+        pytest.skip("the wheel ships no libiomp5; the kernels use GCC's OpenMP runtime alone")
+
+    def symbols(path, which):
+        listed = subprocess.run(["nm", "-D", which, path], capture_output=True, text=True, check=True).stdout
+        return {line.split()[-1].split("@")[0] for line in listed.splitlines() if line.strip()}
+
+    called = {name for name in symbols(native._library_path(native.cache_dir()), "--undefined-only")
+              if name.startswith("GOMP_")}
+    offered = symbols(os.path.join(runtime[0][len("-L"):], "libiomp5.so"), "--defined-only")
+    assert called and called <= offered, sorted(called - offered)

@@ -1036,7 +1036,10 @@ std::vector<paddle::Tensor> PrefillAttention(const paddle::Tensor& qkv, const pa
 #pragma omp parallel
   {
     std::vector<float> query(kRows * dim), scores(kRows * keys);
-#pragma omp for schedule(dynamic)
+    // Static, as every loop here: GCC compiles schedule(dynamic) to GOMP_loop_nonmonotonic_dynamic_*,
+    // which the wheel's libiomp5 lacks; they came from libgomp instead, inside libiomp5's parallel
+    // region, and prompts over 256 tokens got wrong, run-to-run different attention on two threads.
+#pragma omp for schedule(static)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t b = task / (heads * blocks), h = task / blocks % heads, t0 = task % blocks * kRows;
       const int64_t rows = steps - t0 < kRows ? steps - t0 : kRows, g = h / groups;
