@@ -23,7 +23,8 @@ def test_selfcheck_passes_on_this_cpu_and_prints_a_row_per_path():
     assert "avx512f=" in lines[3]
     mkl_type = os.environ.get("MKL_DEBUG_CPU_TYPE")  # this process imported paddlemix, as the child does
     why = " (its AVX2 kernels on a CPU not made by Intel)" if mkl_type == "5" else ""
-    assert lines[4] == ("mkl: its own choice of kernels" if mkl_type is None else f"mkl: MKL_DEBUG_CPU_TYPE={mkl_type}{why}")
+    expected = "mkl: its own choice of kernels" if mkl_type is None else f"mkl: MKL_DEBUG_CPU_TYPE={mkl_type}{why}"
+    assert lines[4] == expected
     for structure in selfcheck.STRUCTURES:
         rows = [line.split() for line in lines if line.strip().startswith(structure)]
         assert [row[1] for row in rows if row[1] in kernels.FAST_PATHS] == list(kernels.FAST_PATHS)
