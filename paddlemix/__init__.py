@@ -3,17 +3,31 @@ import os
 import platform
 
 
-def _cpu_vendor():
-    """The CPU's vendor string from cpuid ("GenuineIntel", "AuthenticAMD", ...), or "" when unknown."""
+def cpuinfo_field(name):
+    """A field of /proc/cpuinfo's first CPU ("vendor_id", "model name"), or None (not Linux, or absent)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("vendor_id"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux: Windows names the vendor in platform.processor()
+    except OSError:
         pass
-    return next((name for name in ("GenuineIntel", "AuthenticAMD", "HygonGenuine")
-                 if name in platform.processor()), "")
+    return None
+
+
+def cpu_has_avx2_fma():
+    """AVX2 and FMA, as cpuid reports them (numpy's dispatcher reads it)."""
+    import numpy
+
+    features = numpy.core._multiarray_umath.__cpu_features__
+    return bool(features.get("AVX2") and features.get("FMA3"))
+
+
+def _cpu_vendor():
+    """The CPU's vendor string from cpuid ("GenuineIntel", "AuthenticAMD", ...), or "" when unknown.
+    Windows names the vendor in platform.processor()."""
+    return cpuinfo_field("vendor_id") or next(
+        (name for name in ("GenuineIntel", "AuthenticAMD", "HygonGenuine") if name in platform.processor()), "")
 
 
 def mkl_cpu_type(vendor, has_avx2_fma):
@@ -38,10 +52,7 @@ def _choose_mkl_kernels():
     so this works as long as nothing has multiplied yet."""
     if platform.machine().lower() not in ("x86_64", "amd64") or "MKL_DEBUG_CPU_TYPE" in os.environ:
         return
-    import numpy
-
-    features = numpy.core._multiarray_umath.__cpu_features__
-    cpu_type = mkl_cpu_type(_cpu_vendor(), bool(features.get("AVX2") and features.get("FMA3")))
+    cpu_type = mkl_cpu_type(_cpu_vendor(), cpu_has_avx2_fma())
     if cpu_type:
         os.environ["MKL_DEBUG_CPU_TYPE"] = cpu_type
 

@@ -10,7 +10,6 @@ send its whole output with a bug report. With two or more GPUs visible, one more
 one-device float32 numbers.
 """
 import argparse
-import contextlib
 import logging
 import os
 import platform
@@ -262,12 +261,9 @@ def environment_lines(kind):
 
 
 def _cpu_name():
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    import paddlemix
+
+    return paddlemix.cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def synchronize(kind):

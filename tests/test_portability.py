@@ -125,8 +125,7 @@ def test_the_kernel_tests_pass_as_on_a_cpu_without_avx512():
 
 
 # --- MKL's kernels on CPUs not made by Intel ----------------------------------------------------
-CPU_FEATURES = np.core._multiarray_umath.__cpu_features__
-HAS_AVX2_FMA = bool(CPU_FEATURES.get("AVX2") and CPU_FEATURES.get("FMA3"))
+HAS_AVX2_FMA = paddlemix.cpu_has_avx2_fma()
 
 
 def test_mkl_is_asked_for_its_avx2_kernels_only_off_intel_and_with_avx2():

@@ -22,11 +22,12 @@ import logging
 import math
 import os
 
-import numpy as np
 import paddle
 import paddle.incubate.nn.functional as IF
 import paddle.nn.functional as F
 from paddle import nn
+
+import paddlemix
 
 from . import native
 
@@ -65,7 +66,7 @@ CPU_KERNEL_NEEDS = {"rms_norm": "avx512f"}
 # Paddle answers for AVX-512; numpy's dispatcher (it reads cpuid) for AVX2 and FMA.
 CPU_FEATURE_QUERIES = {
     "avx512f": lambda: paddle.base.core.supports_avx512f(),
-    "avx2+fma": lambda: all(np.core._multiarray_umath.__cpu_features__.get(flag) for flag in ("AVX2", "FMA3")),
+    "avx2+fma": paddlemix.cpu_has_avx2_fma,
 }
 
 _logged_choices = set()
