@@ -80,6 +80,26 @@ def test_bf16_product_equals_the_widened_weights_product(ops, body, rows, k, n):
 
 
 @pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("n", (1, 3, 7, 9, 1153))
+@pytest.mark.parametrize("k", (17, 896))
+def test_one_row_product_covers_every_output_however_few_each_thread_gets(ops, body, n, k):
+    """Decoding's product splits the outputs between the threads, each share in four runs and a rest:
+    shares of none, fewer than four and a few over four rows must all come out whole."""
+    _body_or_skip(body)
+    rng = np.random.RandomState(n * 7 + k)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    weight, weight64 = _bf16(rng.standard_normal((n, k)))
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = ops.paddlemix_bf16_linear(paddle.to_tensor(x), weight, paddle.to_tensor(bias), CODES[body])
+    _close(got.numpy(), x.astype(np.float64) @ weight64.T + bias)
+    values = rng.randint(-127, 128, (n, k)).astype(np.int8)
+    scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    got = ops.paddlemix_int8_linear(paddle.to_tensor(x), paddle.to_tensor(values), paddle.to_tensor(scale),
+                                    paddle.to_tensor(bias), CODES[body])
+    _close(got.numpy(), (x.astype(np.float64) @ values.T.astype(np.float64)) * scale + bias)
+
+
+@pytest.mark.parametrize("body", BODIES)
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("k,n", SHAPES)
 def test_int8_product_scales_each_output(ops, body, rows, k, n):

@@ -147,54 +147,90 @@ template <typename W>
 using RowsFn = void (*)(const float*, int64_t, int64_t, const W*, int64_t, float*);
 constexpr int64_t kPrefetchRows = 4;  // weight rows ahead
 
-// One row of x (decoding, batch 1) against kVecRows weight rows at a time, the next kVecRows rows
-// prefetched: four independent streams and accumulator chains reached 19 GB/s on two threads where
-// one row at a time reached 12-16 (InternVL2-1B shapes; numpy's fp32 GEMV: 21).
+// One row of x (decoding, batch 1) against kVecRows weight rows at a time, each row fetched
+// kAheadBytes on as it is read. The caller gives rows a quarter of its share apart, so that each of
+// the four is a long run through consecutive rows: on InternVL2-1B's 896-wide rows, four adjacent
+// rows at a time streamed 13-14 GB/s on two threads (AMD EPYC), four quarter-apart runs 22-23, and
+// one row at a time 16-18 (a read of the same bytes and nothing else: 19-23).
 constexpr int kVecRows = 4;
+constexpr int64_t kAheadBytes = 512;
 template <typename W>
-__attribute__((target("avx512f"))) void avx512_vec(const float* x, int64_t k_dim, const W* w, float* sums) {
+__attribute__((target("avx512f"))) void avx512_vec(const float* x, int64_t k_dim, const W* const* w, float* sums) {
+  constexpr int64_t ahead = kAheadBytes / sizeof(W);
   __m512 acc0[kVecRows], acc1[kVecRows];
   for (int i = 0; i < kVecRows; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= k_dim; k += 32) {
     const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
     for (int i = 0; i < kVecRows; ++i) {
-      const W* row = w + i * k_dim + k;
-      _mm_prefetch(reinterpret_cast<const char*>(row + kVecRows * k_dim), _MM_HINT_T0);
+      const W* row = w[i] + k;
+      _mm_prefetch(reinterpret_cast<const char*>(row + ahead), _MM_HINT_T0);
       acc0[i] = _mm512_fmadd_ps(load16(row), x0, acc0[i]);
       acc1[i] = _mm512_fmadd_ps(load16(row + 16), x1, acc1[i]);
     }
   }
   for (int i = 0; i < kVecRows; ++i) {
     float sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i], acc1[i]));
-    for (int64_t t = k; t < k_dim; ++t) sum += widen(w[i * k_dim + t]) * x[t];
+    for (int64_t t = k; t < k_dim; ++t) sum += widen(w[i][t]) * x[t];
     sums[i] = sum;
   }
 }
 
 template <typename W>
-__attribute__((target("avx2,fma"))) void avx2_vec(const float* x, int64_t k_dim, const W* w, float* sums) {
+__attribute__((target("avx2,fma"))) void avx2_vec(const float* x, int64_t k_dim, const W* const* w, float* sums) {
+  constexpr int64_t ahead = kAheadBytes / sizeof(W);
   __m256 acc0[kVecRows], acc1[kVecRows];
   for (int i = 0; i < kVecRows; ++i) acc0[i] = acc1[i] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 16 <= k_dim; k += 16) {
     const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
     for (int i = 0; i < kVecRows; ++i) {
-      const W* row = w + i * k_dim + k;
-      _mm_prefetch(reinterpret_cast<const char*>(row + kVecRows * k_dim), _MM_HINT_T0);
+      const W* row = w[i] + k;
+      _mm_prefetch(reinterpret_cast<const char*>(row + ahead), _MM_HINT_T0);
       acc0[i] = _mm256_fmadd_ps(load8(row), x0, acc0[i]);
       acc1[i] = _mm256_fmadd_ps(load8(row + 8), x1, acc1[i]);
     }
   }
   for (int i = 0; i < kVecRows; ++i) {
     float sum = reduce8(_mm256_add_ps(acc0[i], acc1[i]));
-    for (int64_t t = k; t < k_dim; ++t) sum += widen(w[i * k_dim + t]) * x[t];
+    for (int64_t t = k; t < k_dim; ++t) sum += widen(w[i][t]) * x[t];
     sums[i] = sum;
   }
 }
 
 template <typename W>
-using VecFn = void (*)(const float*, int64_t, const W*, float*);
+using VecFn = void (*)(const float*, int64_t, const W* const*, float*);
+
+// out [N] = x [K] times w: each thread takes an equal share of the outputs and reads it as four
+// runs, rows begin + j, begin + q + j, begin + 2q + j and begin + 3q + j for j < q (a quarter of
+// the share), then the rows left over one at a time.
+template <typename W>
+void vector_product(VecFn<W> vec, RowsFn<W> row_body, const float* x, int64_t k_dim, const W* w, const float* scale,
+                    const float* bias, float* out, int64_t n_dim) {
+#pragma omp parallel
+  {
+#ifdef _OPENMP
+    const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+#else
+    const int64_t threads = 1, me = 0;
+#endif
+    const int64_t begin = n_dim * me / threads, end = n_dim * (me + 1) / threads, quarter = (end - begin) / kVecRows;
+    float sums[kVecRows];
+    for (int64_t j = 0; j < quarter; ++j) {
+      const W* rows[kVecRows];
+      for (int i = 0; i < kVecRows; ++i) rows[i] = w + (begin + i * quarter + j) * k_dim;
+      vec(x, k_dim, rows, sums);
+      for (int i = 0; i < kVecRows; ++i) {
+        const int64_t n = begin + i * quarter + j;
+        out[n] = finish(sums[i], scale, bias, n);
+      }
+    }
+    for (int64_t n = begin + kVecRows * quarter; n < end; ++n) {
+      row_body(x, k_dim, k_dim, w + n * k_dim, kPrefetchRows * k_dim, sums);
+      out[n] = finish(sums[0], scale, bias, n);
+    }
+  }
+}
 
 // The rows of x in blocks of `block` (the last one smaller), `bodies[count]` computing `count` rows;
 // each weight row is read from memory once and stays in L1 for the following blocks. The inputs go
@@ -202,22 +238,10 @@ using VecFn = void (*)(const float*, int64_t, const W*, float*);
 // down_proj input do not: the product fell to 8 GB/s, bound by L2).
 constexpr int64_t kKBlock = 1024;
 template <typename W>
-void simd_block(const RowsFn<W>* bodies, VecFn<W> vec, int block, const float* x, int64_t rows, int64_t k_dim,
+void simd_block(const RowsFn<W>* bodies, int block, const float* x, int64_t rows, int64_t k_dim,
                 const W* w, const float* scale, const float* bias, float* out, int64_t n_dim, int64_t n_begin,
                 int64_t n_end) {
   float sums[8];
-  if (rows == 1) {
-    int64_t n = n_begin;
-    for (; n + kVecRows <= n_end; n += kVecRows) {
-      vec(x, k_dim, w + n * k_dim, sums);
-      for (int i = 0; i < kVecRows; ++i) out[n + i] = finish(sums[i], scale, bias, n + i);
-    }
-    for (; n < n_end; ++n) {
-      bodies[1](x, k_dim, k_dim, w + n * k_dim, kPrefetchRows * k_dim, sums);
-      out[n] = finish(sums[0], scale, bias, n);
-    }
-    return;
-  }
   for (int64_t k0 = 0; k0 < k_dim; k0 += kKBlock) {
     const int64_t k_len = k_dim - k0 < kKBlock ? k_dim - k0 : kKBlock;
     const bool first = k0 == 0, last = k0 + k_len == k_dim;
@@ -247,6 +271,14 @@ const RowsFn<W> kAvx2Bodies[5] = {nullptr, avx2_rows<1, W>, avx2_rows<2, W>, avx
 template <typename W>
 void product(const float* x, int64_t rows, int64_t k_dim, const W* w, const float* scale, const float* bias,
              float* out, int64_t n_dim, int isa) {
+#ifdef PADDLEMIX_X86
+  if (rows == 1 && isa == kAvx512) {
+    return vector_product<W>(avx512_vec<W>, kAvx512Bodies<W>[1], x, k_dim, w, scale, bias, out, n_dim);
+  }
+  if (rows == 1 && isa == kAvx2) {
+    return vector_product<W>(avx2_vec<W>, kAvx2Bodies<W>[1], x, k_dim, w, scale, bias, out, n_dim);
+  }
+#endif
   constexpr int64_t kChunk = 16;  // output features per scheduling unit
   const int64_t chunks = (n_dim + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static)
@@ -254,12 +286,11 @@ void product(const float* x, int64_t rows, int64_t k_dim, const W* w, const floa
     const int64_t n_begin = c * kChunk, n_end = n_begin + kChunk < n_dim ? n_begin + kChunk : n_dim;
 #ifdef PADDLEMIX_X86
     if (isa == kAvx512) {
-      simd_block<W>(kAvx512Bodies<W>, avx512_vec<W>, 8, x, rows, k_dim, w, scale, bias, out, n_dim, n_begin,
-                    n_end);
+      simd_block<W>(kAvx512Bodies<W>, 8, x, rows, k_dim, w, scale, bias, out, n_dim, n_begin, n_end);
       continue;
     }
     if (isa == kAvx2) {
-      simd_block<W>(kAvx2Bodies<W>, avx2_vec<W>, 4, x, rows, k_dim, w, scale, bias, out, n_dim, n_begin, n_end);
+      simd_block<W>(kAvx2Bodies<W>, 4, x, rows, k_dim, w, scale, bias, out, n_dim, n_begin, n_end);
       continue;
     }
 #endif
