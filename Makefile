@@ -13,7 +13,7 @@ IMAGE ?= paddlemix/demo_images/examples_image1.jpg
 TEXT ?= Please describe this image in detail.
 PYTEST_ARGS ?=
 
-.PHONY: install install-test reference browser qemu demo test clean
+.PHONY: install install-test reference browser qemu simde demo test clean
 
 install: $(VENV)/.installed
 
@@ -47,12 +47,16 @@ browser:
 qemu:
 	@command -v qemu-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; }
 
+# Debian's SIMDe headers: tests/test_native_kernels.py runs the AVX-512 kernel bodies on CPUs without it.
+simde:
+	@test -f /usr/include/simde/x86/avx512.h || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsimde-dev; }
+
 demo: install
 	$(PY) paddlemix/examples/internvl2/chat_demo.py \
 		--model_name_or_path $(MODEL) --image_path $(IMAGE) --text "$(TEXT)"
 
-test: install-test reference browser qemu
-	PADDLEMIX_REF_PYTHON=$(CURDIR)/$(REF_PY) PADDLEMIX_REQUIRE_REF=1 PADDLEMIX_REQUIRE_QEMU=1 \
+test: install-test reference browser qemu simde
+	PADDLEMIX_REF_PYTHON=$(CURDIR)/$(REF_PY) PADDLEMIX_REQUIRE_REF=1 PADDLEMIX_REQUIRE_QEMU=1 PADDLEMIX_REQUIRE_SIMDE=1 \
 		$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

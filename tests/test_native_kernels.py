@@ -1,11 +1,14 @@
 """This project's C++ CPU kernels (csrc/cpu_kernels.cc) against the plain Paddle ops, on every body the CPU has.
 
-The AVX-512 body runs only where the CPU has AVX-512 (skipped with the reason elsewhere); the AVX2
-body runs on any AVX2 CPU, AVX-512 ones included, and test_portability runs the automatic choice
-on an emulated Haswell, where an AVX-512 instruction would kill the process.
+The AVX-512 body runs where the CPU has AVX-512; elsewhere its cases run in a second process on a
+test build whose AVX-512 intrinsics are SIMDe's portable versions (csrc/emulated_avx512.h), so the
+body's own code is checked on every x86 CPU. The AVX2 body runs on any AVX2 CPU, AVX-512 ones
+included, and test_portability runs the automatic choice on an emulated Haswell, where an AVX-512
+instruction would kill the process.
 """
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +33,14 @@ def _body_or_skip(name):
 
 # Set by test_without_mkl_the_decoding_step_multiplies_with_its_own_loops for the process it starts.
 WITHOUT_MKL = os.environ.get("PADDLEMIX_TEST_WITHOUT_MKL") == "1"
+# Set by test_the_avx512_body_passes_its_cases_emulated_where_the_cpu_lacks_avx512 for the process it
+# starts: the kernels are the emulation build, whose AVX-512 body runs on this CPU.
+EMULATED_AVX512 = os.environ.get("PADDLEMIX_TEST_EMULATED_AVX512") == "1"
+if EMULATED_AVX512:
+    native.TEST_CFLAGS = ["-DPADDLEMIX_EMULATED_AVX512"]
+    kernels.NATIVE_BODIES = tuple((name, code, None if name == "avx512" else need)
+                                  for name, code, need in kernels.NATIVE_BODIES)
+SIMDE_HEADER = "/usr/include/simde/x86/avx512.h"  # Debian's libsimde-dev (`make simde`)
 
 
 @pytest.fixture(scope="module")
@@ -449,6 +460,25 @@ def test_without_mkl_the_decoding_step_multiplies_with_its_own_loops(tmp_path):
                           env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+def test_the_avx512_body_passes_its_cases_emulated_where_the_cpu_lacks_avx512(tmp_path):
+    """On a CPU without AVX-512 its body is never run natively: every avx512 case of this file runs in
+    a second process on the emulation build, none skipped for the missing feature."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the AVX-512 body is x86-64 code")
+    if kernels.CPU_FEATURE_QUERIES["avx512f"]():
+        pytest.skip("this CPU has AVX-512: the avx512 cases above run the real body")
+    if not os.path.isfile(SIMDE_HEADER):
+        if os.environ.get("PADDLEMIX_REQUIRE_SIMDE") == "1":
+            pytest.fail(f"{SIMDE_HEADER} is missing; `make simde` installs it (Debian's libsimde-dev)")
+        pytest.skip(f"{SIMDE_HEADER} is absent (`make simde` installs Debian's libsimde-dev)")
+    env = dict(os.environ, PADDLEMIX_TEST_EMULATED_AVX512="1")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__, "-k",
+                           "avx512 and not emulated"], capture_output=True, text=True, timeout=1800, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
+    assert "lacks avx512f" not in done.stdout, done.stdout[-3000:]
 
 
 def test_a_prefill_over_256_tokens_attends_as_the_plain_ops_on_every_call(ops):

@@ -27,16 +27,22 @@ logger = logging.getLogger(__name__)
 
 NAME = "paddlemix_cpu_kernels"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu_kernels.cc")
+# Flags only a test build adds: tests/test_native_kernels.py runs the AVX-512 bodies emulated on AVX2 CPUs.
+TEST_CFLAGS = []
 _state = {}
 
 
 def cache_dir():
-    """The build folder of this source for this Paddle and Python."""
+    """The build folder of these sources (csrc/) for this Paddle, Python and flags."""
     root = os.environ.get("PADDLEMIX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paddlemix")
-    with open(SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read())
-    build = f"{paddle.__version__} {paddle.version.commit} {sys.version_info[:2]} {_openmp_link_flags()} {_mkl_flags()}"
-    digest.update(build.encode())
+    digest = hashlib.sha256()
+    sources = os.path.dirname(SOURCE)
+    for name in sorted(os.listdir(sources)):
+        with open(os.path.join(sources, name), "rb") as f:
+            digest.update(name.encode() + f.read())
+    build = (paddle.__version__, paddle.version.commit, sys.version_info[:2], _openmp_link_flags(), _mkl_flags(),
+             TEST_CFLAGS)
+    digest.update(repr(build).encode())
     return os.path.join(root, "kernels", digest.hexdigest()[:16])
 
 
@@ -86,7 +92,7 @@ def _build(folder):
     try:
         with _quiet(said):
             mkl_compile, mkl_link = _mkl_flags()
-            module = load(NAME, [SOURCE], extra_cxx_cflags=["-O3", "-fopenmp", *mkl_compile],
+            module = load(NAME, [SOURCE], extra_cxx_cflags=["-O3", "-fopenmp", *mkl_compile, *TEST_CFLAGS],
                           extra_ldflags=_openmp_link_flags() + mkl_link, build_directory=folder)
     except Exception as error:  # name the compiler's first complaint, not only its exit status
         complaints = [line for line in said.get("text", "").splitlines() if "error" in line.lower()]

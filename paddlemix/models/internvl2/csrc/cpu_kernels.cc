@@ -25,6 +25,12 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define PADDLEMIX_X86 1
+#ifdef PADDLEMIX_EMULATED_AVX512  // a test build: the AVX-512 bodies on an AVX2 CPU (see the header)
+#include "emulated_avx512.h"
+#define TARGET_AVX512 __attribute__((target("avx2,fma")))
+#else
+#define TARGET_AVX512 __attribute__((target("avx512f")))
+#endif
 #endif
 
 #ifdef PADDLEMIX_MKL  // MKL's BLAS from the Paddle wheel (libmklml_intel.so), for the attention's products
@@ -68,19 +74,18 @@ void plain_block(const float* x, int64_t rows, int64_t k_dim, const W* w, const 
 
 #ifdef PADDLEMIX_X86
 // ---- AVX-512: 16 floats per register, up to 8 rows with two accumulators each ------------------
-__attribute__((target("avx512f"))) inline __m512 load16(const uint16_t* p) {
+TARGET_AVX512 inline __m512 load16(const uint16_t* p) {
   return _mm512_castsi512_ps(
       _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
-__attribute__((target("avx512f"))) inline __m512 load16(const int8_t* p) {
+TARGET_AVX512 inline __m512 load16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
 // The weight row `ahead` elements on is fetched into the caches meanwhile: the hardware prefetcher
 // alone kept a matrix-vector product at ~55% of the memory bandwidth (9 of 21 GB/s on two threads).
 template <int ROWS, typename W>
-__attribute__((target("avx512f"))) void avx512_rows(const float* x, int64_t ld, int64_t k_dim, const W* w_row,
-                                                    int64_t ahead, float* sums) {
+TARGET_AVX512 void avx512_rows(const float* x, int64_t ld, int64_t k_dim, const W* w_row, int64_t ahead, float* sums) {
   __m512 acc0[ROWS], acc1[ROWS];
   for (int r = 0; r < ROWS; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
   int64_t k = 0;
@@ -155,7 +160,7 @@ constexpr int64_t kPrefetchRows = 4;  // weight rows ahead
 constexpr int kVecRows = 4;
 constexpr int64_t kAheadBytes = 512;
 template <typename W>
-__attribute__((target("avx512f"))) void avx512_vec(const float* x, int64_t k_dim, const W* const* w, float* sums) {
+TARGET_AVX512 void avx512_vec(const float* x, int64_t k_dim, const W* const* w, float* sums) {
   constexpr int64_t ahead = kAheadBytes / sizeof(W);
   __m512 acc0[kVecRows], acc1[kVecRows];
   for (int i = 0; i < kVecRows; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
@@ -331,7 +336,7 @@ inline float gelu_plain(float x) {
 }
 
 #ifdef PADDLEMIX_X86
-__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
+TARGET_AVX512 inline __m512 exp16(__m512 x) {
   const __mmask16 low = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLow), _CMP_LT_OQ);
   x = _mm512_min_ps(x, _mm512_set1_ps(kExpHigh));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT);
@@ -355,7 +360,7 @@ __attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
   return _mm256_andnot_ps(low, _mm256_mul_ps(y, _mm256_castsi256_ps(bits)));
 }
 
-__attribute__((target("avx512f"))) void softmax_row_avx512(const float* x, float* out, int64_t n, float scale) {
+TARGET_AVX512 void softmax_row_avx512(const float* x, float* out, int64_t n, float scale) {
   int64_t i = 0;
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   for (; i + 16 <= n; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + i));
@@ -398,7 +403,7 @@ __attribute__((target("avx2,fma"))) void softmax_row_avx2(const float* x, float*
   for (; i < n; ++i) out[i] *= 1.f / sum;
 }
 
-__attribute__((target("avx512f"))) void gelu_avx512(const float* x, float* out, int64_t n) {
+TARGET_AVX512 void gelu_avx512(const float* x, float* out, int64_t n) {
   int64_t i = 0;
   const __m512 sign = _mm512_set1_ps(-0.f), one = _mm512_set1_ps(1.f);
   for (; i + 16 <= n; i += 16) {
@@ -434,8 +439,8 @@ __attribute__((target("avx2,fma"))) void gelu_avx2(const float* x, float* out, i
 }
 
 // RMSNorm of one row: s = x (+ residual, stored in `sum`), out = (s / rms(s)) * w, the mean of squares in float32.
-__attribute__((target("avx512f"))) void rms_norm_row_avx512(const float* x, const float* residual, const float* w,
-                                                            float eps, float* out, float* sum, int64_t n) {
+TARGET_AVX512 void rms_norm_row_avx512(const float* x, const float* residual, const float* w,
+                                       float eps, float* out, float* sum, int64_t n) {
   const float* s = x;
   int64_t i = 0;
   if (residual) {
@@ -477,7 +482,7 @@ __attribute__((target("avx2,fma"))) void rms_norm_row_avx2(const float* x, const
 }
 
 // silu(gate) * up = gate / (1 + exp(-gate)) * up, for one row of [gate | up].
-__attribute__((target("avx512f"))) void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
+TARGET_AVX512 void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
   int64_t i = 0;
   const __m512 one = _mm512_set1_ps(1.f);
   for (; i + 16 <= n; i += 16) {
@@ -743,9 +748,9 @@ void scaled_add_plain(const float* x, const float* y, const float* scale, const 
   scaled_add_row(x, y, scale, w, b, eps, sum, out, n);
 }
 #ifdef PADDLEMIX_X86
-__attribute__((target("avx512f"))) void scaled_add_avx512(const float* x, const float* y, const float* scale,
-                                                          const float* w, const float* b, float eps, float* sum,
-                                                          float* out, int64_t n) {
+TARGET_AVX512 void scaled_add_avx512(const float* x, const float* y, const float* scale,
+                                     const float* w, const float* b, float eps, float* sum,
+                                     float* out, int64_t n) {
   scaled_add_row(x, y, scale, w, b, eps, sum, out, n);
 }
 __attribute__((target("avx2,fma"))) void scaled_add_avx2(const float* x, const float* y, const float* scale,
