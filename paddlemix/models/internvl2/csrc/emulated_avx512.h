@@ -1,13 +1,19 @@
 // For the tests only (tests/test_native_kernels.py), on CPUs without AVX-512: cpu_kernels.cc built
 // with -DPADDLEMIX_EMULATED_AVX512 includes this, and the AVX-512 bodies' own code runs on AVX2.
 // SIMDe (Debian's libsimde-dev) gives portable versions of the _mm512_ intrinsics under their usual
-// names; the few it lacks (0.7.4 lacks all five, 0.8.2 the last two) are written out here, lane by lane.
+// names. The five it lacks are written out here, lane by lane (Debian 12's SIMDe 0.7.4 lacks all five;
+// 0.8.2 still lacks _mm512_cvtepi8_epi32 and _mm512_reduce_add_ps); each steps aside where SIMDe has it.
 #ifndef PADDLEMIX_EMULATED_AVX512_H_
 #define PADDLEMIX_EMULATED_AVX512_H_
 
 #include <cstdint>
 #include <cstring>
 
+// The build gives -mavx2 -mfma, so that SIMDe's 256-bit types are the compiler's own: the AVX-512
+// bodies feed native ones to its 512-bit functions (a _mm256_loadu_si256 to _mm512_cvtepu16_epi32).
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "the emulated AVX-512 build needs -mavx2 -mfma"
+#endif
 #define SIMDE_X86_AVX512F_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
 
@@ -45,7 +51,7 @@ inline V emulated_convert(const In& in) {
 #define _mm512_cvtepi8_epi32(a) emulated_convert<__m512i, int32_t, int8_t>(a)
 #endif
 
-// The reductions combine halves of the register, as the hardware sequence does.
+// The reductions combine halves of the register, as GCC's own sequence of instructions does.
 template <typename Combine>
 inline float emulated_reduce(__m512 a, Combine combine) {
   float lanes[16];
