@@ -462,7 +462,7 @@ def test_without_mkl_the_decoding_step_multiplies_with_its_own_loops(tmp_path):
     assert " passed" in done.stdout and " failed" not in done.stdout
 
 
-def test_the_avx512_body_passes_its_cases_emulated_where_the_cpu_lacks_avx512(tmp_path):
+def test_the_avx512_body_passes_its_cases_emulated_where_the_cpu_lacks_avx512():
     """On a CPU without AVX-512 its body is never run natively: every avx512 case of this file runs in
     a second process on the emulation build, none skipped for the missing feature."""
     if platform.machine() not in ("x86_64", "AMD64"):
