@@ -450,16 +450,22 @@ def test_decode_layer_declines_what_it_cannot_run(ops):
                                     1e-6) is None
 
 
+def _cases_pass_in_a_new_process(selection, timeout, **env):
+    """Run this file's cases matching `selection` (pytest -k) in a new process with `env` added; they
+    must all pass. Returns its output, skip reasons included."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__, "-k",
+                           selection], capture_output=True, text=True, timeout=timeout, env=dict(os.environ, **env))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
+    return done.stdout
+
+
 @pytest.mark.skipif(WITHOUT_MKL or native._mkl_flags() == ([], []), reason="this Paddle wheel ships no MKL BLAS")
 def test_without_mkl_the_decoding_step_multiplies_with_its_own_loops(tmp_path):
     """The decoding attention's small products call MKL's sgemm where the wheel ships it, else plain
     loops (aarch64): a build without MKL, in its own process, passes the same decoding tests."""
-    env = dict(os.environ, PADDLEMIX_TEST_WITHOUT_MKL="1", PADDLEMIX_CACHE=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                           "cached_attention or decode_layer"], capture_output=True, text=True, timeout=1200,
-                          env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and " failed" not in done.stdout
+    _cases_pass_in_a_new_process("cached_attention or decode_layer", 1200, PADDLEMIX_TEST_WITHOUT_MKL="1",
+                                 PADDLEMIX_CACHE=str(tmp_path))
 
 
 def test_the_avx512_body_passes_its_cases_emulated_where_the_cpu_lacks_avx512():
@@ -475,12 +481,8 @@ def test_the_avx512_body_passes_its_cases_emulated_where_the_cpu_lacks_avx512():
         if os.environ.get("PADDLEMIX_REQUIRE_SIMDE") == "1":
             pytest.fail(f"{SIMDE_HEADER} is missing; `make simde` installs it (Debian's libsimde-dev)")
         pytest.skip(f"{SIMDE_HEADER} is absent (`make simde` installs Debian's libsimde-dev)")
-    env = dict(os.environ, PADDLEMIX_TEST_EMULATED_AVX512="1")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__, "-k",
-                           "avx512 and not emulated"], capture_output=True, text=True, timeout=1800, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and " failed" not in done.stdout
-    assert "lacks avx512f" not in done.stdout, done.stdout[-3000:]
+    said = _cases_pass_in_a_new_process("avx512 and not emulated", 1800, PADDLEMIX_TEST_EMULATED_AVX512="1")
+    assert "lacks avx512f" not in said, said[-3000:]
 
 
 def test_a_prefill_over_256_tokens_attends_as_the_plain_ops_on_every_call(ops):
